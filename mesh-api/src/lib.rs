@@ -1,0 +1,2 @@
+//! Istio's resource types (networking, security, telemetry), their validation, the mesh
+//! config, and the naming conventions the proxy and the control plane share. No I/O.

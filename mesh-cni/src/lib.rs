@@ -1,0 +1,1 @@
+//! Traffic capture for the mesh.
