@@ -9,9 +9,9 @@
 
 use std::sync::OnceLock;
 
+use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
-use envoy_types::pb::google::protobuf::Any;
 use serde_json::Value;
 
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
@@ -94,11 +94,12 @@ pub fn message_to_json<M: Message + Name>(message: &M) -> Result<Value, EnvoyJso
     let descriptor = descriptor_pool()
         .get_message_by_name(&type_name)
         .ok_or_else(|| EnvoyJsonError::UnknownType(type_name.clone()))?;
-    let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
-        .map_err(|source| EnvoyJsonError::Decode {
+    let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()).map_err(
+        |source| EnvoyJsonError::Decode {
             type_name: type_name.clone(),
             source,
-        })?;
+        },
+    )?;
     dynamic_to_json(&dynamic, &type_name)
 }
 
@@ -115,10 +116,8 @@ pub fn message_from_json<M: Message + Name + Default>(value: &Value) -> Result<M
             message: e.to_string(),
         }
     })?;
-    M::decode(dynamic.encode_to_vec().as_slice()).map_err(|source| EnvoyJsonError::Decode {
-        type_name,
-        source,
-    })
+    M::decode(dynamic.encode_to_vec().as_slice())
+        .map_err(|source| EnvoyJsonError::Decode { type_name, source })
 }
 
 /// Parses Envoy JSON with an `@type` into an `Any`.
@@ -229,7 +228,10 @@ mod tests {
             "lbPolicy": "LEAST_REQUEST"
         });
         let cluster: Cluster = message_from_json(&json).unwrap();
-        assert_eq!(cluster.name, "outbound|9080|v1|reviews.default.svc.cluster.local");
+        assert_eq!(
+            cluster.name,
+            "outbound|9080|v1|reviews.default.svc.cluster.local"
+        );
         assert_eq!(message_to_json(&cluster).unwrap(), json);
         let any = any_from_json(&any_to_json(&to_any(&cluster)).unwrap()).unwrap();
         assert_eq!(any, to_any(&cluster));
@@ -242,6 +244,9 @@ mod tests {
             value: vec![],
         };
         let err = any_to_json(&any).unwrap_err().to_string();
-        assert!(err.contains("envoy.extensions.filters.http.lua.v3.Lua"), "{err}");
+        assert!(
+            err.contains("envoy.extensions.filters.http.lua.v3.Lua"),
+            "{err}"
+        );
     }
 }
