@@ -1,0 +1,433 @@
+//! The tonic ADS service and the task that runs each stream.
+//!
+//! A stream task owns its protocol state machine and reacts to two inputs: requests from the
+//! proxy and pushes from the push queue. Generation (the translator) never runs on it: the
+//! initial generation and every push generation run on the blocking pool, bounded by the
+//! push-concurrency semaphore; the task only diffs and writes.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures::Stream;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::connection::{Connection, Protocol, PushCommand};
+use super::delta::DeltaStream;
+use super::resources::ProxyResources;
+use super::sotw::{Handled, SotwStream};
+use super::status::{Now, SyncStatus};
+use super::types::{TypeSet, XdsType};
+use super::{AckKind, Generator, Registry, XdsError};
+use crate::model::Proxy;
+use crate::monitoring::metrics::{Metrics, TypeLabel};
+
+/// Tunables of the xDS server.
+#[derive(Debug, Clone)]
+pub struct XdsServerConfig {
+    /// How many proxies may be generating or writing a push at once (Istio's
+    /// `PILOT_PUSH_THROTTLE`, default 100).
+    pub push_concurrency: usize,
+}
+
+impl Default for XdsServerConfig {
+    fn default() -> Self {
+        XdsServerConfig {
+            push_concurrency: 100,
+        }
+    }
+}
+
+/// The ADS server: connected proxies, the generator, and the push permits.
+pub struct XdsServer {
+    generator: Arc<dyn Generator>,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    permits: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for XdsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsServer")
+            .field("connections", &self.registry.len())
+            .field("free_permits", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl XdsServer {
+    pub fn new(
+        generator: Arc<dyn Generator>,
+        metrics: Arc<Metrics>,
+        config: XdsServerConfig,
+        shutdown: CancellationToken,
+    ) -> Arc<XdsServer> {
+        Arc::new(XdsServer {
+            generator,
+            registry: Registry::default(),
+            metrics,
+            permits: Arc::new(Semaphore::new(config.push_concurrency.max(1))),
+            shutdown,
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn generator(&self) -> &Arc<dyn Generator> {
+        &self.generator
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The semaphore bounding concurrent generations and pushes.
+    pub fn permits(&self) -> &Arc<Semaphore> {
+        &self.permits
+    }
+
+    /// Binds `addr` (before serving, so that bind errors surface at startup).
+    pub async fn bind(addr: SocketAddr) -> Result<TcpListener, XdsError> {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| XdsError::Bind { addr, source })
+    }
+
+    /// Serves ADS on `listener` until the shutdown token fires; open streams end then.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Result<(), XdsError> {
+        let shutdown = self.shutdown.clone();
+        let incoming = TcpListenerStream::new(listener);
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .add_service(
+                AggregatedDiscoveryServiceServer::new(AdsService(self))
+                    .max_decoding_message_size(16 << 20)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await?;
+        Ok(())
+    }
+
+    /// Generates a proxy's resources on the blocking pool. An EDS-only generation reuses
+    /// `previous` for the other types. If the translator panics, the previous resources stay
+    /// in force (or nothing, for a new proxy) and the panic is logged.
+    pub async fn generate(
+        &self,
+        proxy: Arc<Proxy>,
+        previous: Option<Arc<ProxyResources>>,
+        endpoints_only: bool,
+    ) -> Arc<ProxyResources> {
+        let generator = self.generator.clone();
+        let prev = previous.clone();
+        let id = proxy.id.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let (res, problems) = match (endpoints_only, prev) {
+                (true, Some(prev)) => prev.with_endpoints(generator.generate_endpoints(&proxy)),
+                _ => ProxyResources::from_generated(generator.generate(&proxy)),
+            };
+            for problem in problems {
+                warn!(proxy = %proxy.id, "generated config: {problem}");
+            }
+            res
+        })
+        .await;
+        match joined {
+            Ok(res) => Arc::new(res),
+            Err(err) => {
+                tracing::error!(proxy = %id, "config generation failed, keeping the last good config: {err}");
+                previous.unwrap_or_default()
+            }
+        }
+    }
+
+    async fn run_stream<V: Variant>(
+        self: Arc<Self>,
+        mut inbound: Streaming<V::Req>,
+        tx: mpsc::Sender<Result<V::Resp, Status>>,
+        peer: Option<SocketAddr>,
+    ) {
+        let first = match inbound.message().await {
+            Ok(Some(req)) => req,
+            Ok(None) => return,
+            Err(status) => {
+                debug!(?peer, "ads stream closed before its first request: {status}");
+                return;
+            }
+        };
+        let proxy = match V::node(&first)
+            .ok_or_else(|| {
+                "the first discovery request carries no node (hint: set node.id in the \
+                 proxy's bootstrap)"
+                    .to_string()
+            })
+            .and_then(|node| Proxy::from_node(node).map_err(|e| e.to_string()))
+        {
+            Ok(proxy) => Arc::new(proxy),
+            Err(msg) => {
+                warn!(?peer, "rejecting ads stream: {msg}");
+                let _ = tx.send(Err(Status::invalid_argument(msg))).await;
+                return;
+            }
+        };
+
+        let (conn, mut pushes) = self.registry.register(proxy.clone(), peer, V::PROTOCOL);
+        let _registered = Registered {
+            server: self.clone(),
+            conn: conn.clone(),
+        };
+        self.metrics.connected.inc();
+        let span = info_span!("ads", conn = %conn.name, protocol = ?V::PROTOCOL);
+        async move {
+            info!(?peer, "proxy connected");
+            let initial = {
+                let _permit = self.permits.clone().acquire_owned().await;
+                self.generate(proxy, None, false).await
+            };
+            conn.resources.store(Some(initial));
+
+            let mut machine = V::default();
+            if self.on_request(&conn, &mut machine, first, &tx).await.is_err() {
+                return;
+            }
+            loop {
+                let step = tokio::select! {
+                    _ = self.shutdown.cancelled() => Err(()),
+                    msg = inbound.message() => match msg {
+                        Ok(Some(req)) => self.on_request(&conn, &mut machine, req, &tx).await,
+                        Ok(None) => Err(()),
+                        Err(status) => {
+                            debug!("ads stream error: {status}");
+                            Err(())
+                        }
+                    },
+                    Some(cmd) = pushes.recv() => self.on_push(&conn, &mut machine, cmd, &tx).await,
+                };
+                if step.is_err() {
+                    break;
+                }
+            }
+            info!("proxy disconnected");
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn on_request<V: Variant>(
+        &self,
+        conn: &Connection,
+        machine: &mut V,
+        req: V::Req,
+        tx: &mpsc::Sender<Result<V::Resp, Status>>,
+    ) -> Result<(), ()> {
+        let res = conn.resources.load_full().unwrap_or_default();
+        let handled = {
+            let mut status = conn.status.lock();
+            machine.on_request(&req, &res, &mut status, Now::now())
+        };
+        let label = handled.ty.map(TypeLabel::xds);
+        match &handled.ack {
+            AckKind::Nack(message) => {
+                if let Some(label) = &label {
+                    self.metrics.rejects.get_or_create(label).inc();
+                }
+                warn!(type_url = V::type_url(&req), "proxy rejected config: {message}");
+            }
+            AckKind::Stale => {
+                if let Some(label) = &label {
+                    self.metrics.expired_nonce.get_or_create(label).inc();
+                }
+                debug!(type_url = V::type_url(&req), "request with an expired nonce ignored");
+            }
+            AckKind::Ignored => debug!(type_url = V::type_url(&req), "type not served"),
+            kind => debug!(type_url = V::type_url(&req), ?kind, "request"),
+        }
+        if let Some(resp) = handled.response {
+            if let Some(label) = &label {
+                self.metrics.pushes.get_or_create(label).inc();
+            }
+            tx.send(Ok(resp)).await.map_err(|_| ())?;
+        }
+        Ok(())
+    }
+
+    async fn on_push<V: Variant>(
+        &self,
+        conn: &Connection,
+        machine: &mut V,
+        cmd: PushCommand,
+        tx: &mpsc::Sender<Result<V::Resp, Status>>,
+    ) -> Result<(), ()> {
+        conn.resources.store(Some(cmd.resources.clone()));
+        let out = {
+            let mut status = conn.status.lock();
+            machine.on_push(&cmd.resources, cmd.types, &mut status, Now::now())
+        };
+        if out.is_empty() {
+            return Ok(());
+        }
+        let types: Vec<_> = out.iter().map(|(t, _)| t.short()).collect();
+        for (ty, resp) in out {
+            tx.send(Ok(resp)).await.map_err(|_| ())?;
+            let label = TypeLabel::xds(ty);
+            self.metrics.pushes.get_or_create(&label).inc();
+            self.metrics
+                .push_time
+                .get_or_create(&label)
+                .observe(cmd.started_at.elapsed().as_secs_f64());
+        }
+        self.metrics
+            .convergence
+            .observe(cmd.triggered_at.elapsed().as_secs_f64());
+        conn.pushes.fetch_add(1, Ordering::Relaxed);
+        debug!(?types, generation = ?cmd.generation_time, "pushed");
+        Ok(())
+    }
+}
+
+/// Deregisters a connection however its task ends.
+struct Registered {
+    server: Arc<XdsServer>,
+    conn: Arc<Connection>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.server.registry.remove(self.conn.id);
+        self.server.metrics.connected.dec();
+    }
+}
+
+/// What differs between the two ADS variants, for the shared stream task.
+trait Variant: Default + Send + 'static {
+    type Req: Send + 'static;
+    type Resp: Send + 'static;
+    const PROTOCOL: Protocol;
+    fn node(req: &Self::Req) -> Option<&Node>;
+    fn type_url(req: &Self::Req) -> &str;
+    fn on_request(
+        &mut self,
+        req: &Self::Req,
+        res: &ProxyResources,
+        status: &mut SyncStatus,
+        now: Now,
+    ) -> Handled<Self::Resp>;
+    fn on_push(
+        &mut self,
+        res: &ProxyResources,
+        types: TypeSet,
+        status: &mut SyncStatus,
+        now: Now,
+    ) -> Vec<(XdsType, Self::Resp)>;
+}
+
+impl Variant for SotwStream {
+    type Req = DiscoveryRequest;
+    type Resp = DiscoveryResponse;
+    const PROTOCOL: Protocol = Protocol::Sotw;
+    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+    fn type_url(req: &DiscoveryRequest) -> &str {
+        &req.type_url
+    }
+    fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        res: &ProxyResources,
+        status: &mut SyncStatus,
+        now: Now,
+    ) -> Handled<DiscoveryResponse> {
+        SotwStream::on_request(self, req, res, status, now)
+    }
+    fn on_push(
+        &mut self,
+        res: &ProxyResources,
+        types: TypeSet,
+        status: &mut SyncStatus,
+        now: Now,
+    ) -> Vec<(XdsType, DiscoveryResponse)> {
+        SotwStream::on_push(self, res, types, status, now)
+    }
+}
+
+impl Variant for DeltaStream {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaDiscoveryResponse;
+    const PROTOCOL: Protocol = Protocol::Delta;
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+    fn type_url(req: &DeltaDiscoveryRequest) -> &str {
+        &req.type_url
+    }
+    fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+        res: &ProxyResources,
+        status: &mut SyncStatus,
+        now: Now,
+    ) -> Handled<DeltaDiscoveryResponse> {
+        DeltaStream::on_request(self, req, res, status, now)
+    }
+    fn on_push(
+        &mut self,
+        res: &ProxyResources,
+        types: TypeSet,
+        status: &mut SyncStatus,
+        now: Now,
+    ) -> Vec<(XdsType, DeltaDiscoveryResponse)> {
+        DeltaStream::on_push(self, res, types, status, now)
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Responses buffered per stream before the task waits for the proxy to read.
+const RESPONSE_BUFFER: usize = 16;
+
+/// The tonic service: a handle on the server (tonic's trait takes `&self`, the stream tasks
+/// need an owned `Arc`).
+struct AdsService(Arc<XdsServer>);
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(self.0.clone().run_stream::<SotwStream>(request.into_inner(), tx, peer));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(self.0.clone().run_stream::<DeltaStream>(request.into_inner(), tx, peer));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
