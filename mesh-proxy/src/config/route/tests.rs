@@ -1,0 +1,2 @@
+//! Conversion tests for RouteConfiguration: what is accepted, what is NACKed and how the
+//! error names the field.

@@ -1,0 +1,9 @@
+//! The HTTP connection manager: hyper server (HTTP/1.1, h2c, ALPN h2, upgrades), route
+//! selection, header formatters, the router and upstream HTTP connection pools.
+
+pub mod body;
+pub mod format;
+pub mod path;
+pub mod pool;
+pub mod request_headers;
+pub mod stream_info;
