@@ -2,6 +2,8 @@
 //! with real connections: what is redirected where, what the proxy UID bypasses, and that
 //! re-applying is idempotent and clean-up removes everything. Needs root.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
+
 mod common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

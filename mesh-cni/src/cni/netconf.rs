@@ -94,6 +94,7 @@ pub fn sniff_version(stdin: &[u8]) -> String {
     serde_json::from_slice::<VersionOnly>(stdin)
         .ok()
         .and_then(|v| v.cni_version)
+        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| "1.0.0".to_string())
 }
 

@@ -194,6 +194,13 @@ fn del(env: &CniEnv, conf: &NetConf, log: &Log) -> Result<(), CniError> {
 }
 
 fn check(env: &CniEnv, conf: &NetConf, log: &Log) -> Result<(), CniError> {
+    if conf.cni_version.starts_with("0.3.") {
+        return Err(CniError::new(
+            Code::IncompatibleVersion,
+            "CHECK is not defined for this CNI version",
+            format!("cniVersion {} predates CHECK (0.4.0)", conf.cni_version),
+        ));
+    }
     prev_result(conf)?;
     let rules = plan(env, conf, log)?.unwrap_or_default();
     let choice = conf.iptables;
