@@ -1,1 +1,2 @@
+//! mesh-proxy binary (in progress).
 fn main() {}

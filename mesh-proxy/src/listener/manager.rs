@@ -1,0 +1,5 @@
+//! The listener manager (in progress).
+
+/// Runs the accept loops of the active listeners.
+#[derive(Debug, Default)]
+pub struct Manager;

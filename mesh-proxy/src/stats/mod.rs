@@ -1,0 +1,286 @@
+//! The metrics registry (prometheus-client) and the proxy's own counter families.
+//!
+//! Names follow Envoy's stats under the `envoy_` prefix with Envoy's label names
+//! (`envoy_cluster_name`, `envoy_listener_address`), so dashboards built on Envoy's
+//! Prometheus output keep working. One difference: OpenMetrics requires counters to end
+//! in `_total`, so a counter Envoy calls `upstream_cx_connect_fail` is exported as
+//! `envoy_cluster_upstream_cx_connect_fail_total` (those already ending in `_total`, such
+//! as `upstream_cx_total` and `upstream_rq_total`, keep Envoy's exact name).
+//!
+//! Hot-path code holds per-object handles ([`ClusterStats`], [`ListenerStats`]) taken
+//! from the families once, so recording is a relaxed atomic add with no lookup.
+
+use std::{sync::atomic::AtomicU64, time::Instant};
+
+use parking_lot::Mutex;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+    },
+    registry::{Metric, Registry},
+};
+
+/// Label set of the per-cluster families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub envoy_cluster_name: String,
+}
+
+/// Label set of the per-listener families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub envoy_listener_address: String,
+}
+
+/// Label set of the tcp_proxy families (Envoy's `tcp.<stat_prefix>.*`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub envoy_tcp_prefix: String,
+}
+
+/// Label set of the xDS families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdsLabels {
+    pub type_url: String,
+}
+
+type Counters<L> = Family<L, Counter>;
+type Gauges<L> = Family<L, Gauge>;
+
+/// All the proxy's metrics. One per process, shared through [`crate::Runtime`].
+#[derive(Debug)]
+pub struct Stats {
+    registry: Mutex<Registry>,
+    started: Instant,
+    pub cluster: ClusterFamilies,
+    pub listener: ListenerFamilies,
+    pub tcp: TcpFamilies,
+    pub xds: XdsFamilies,
+    pub server: ServerStats,
+}
+
+macro_rules! families {
+    (
+        $(#[$meta:meta])* $families:ident / $handles:ident ($labels:ident, $prefix:literal) {
+            $( $field:ident : $kind:ident = $name:literal, $help:literal; )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        pub struct $families {
+            $( pub $field: families!(@family $kind, $labels), )*
+        }
+
+        /// Handles for one object, cloned from the families (recording is a relaxed add).
+        #[derive(Debug, Clone, Default)]
+        pub struct $handles {
+            $( pub $field: families!(@metric $kind), )*
+        }
+
+        impl $families {
+            fn register(&self, registry: &mut Registry) {
+                $( registry.register(concat!($prefix, $name), $help, self.$field.clone()); )*
+            }
+
+            /// The handles for one labelled object.
+            pub fn handles(&self, labels: &$labels) -> $handles {
+                $handles { $( $field: self.$field.get_or_create_owned(labels), )* }
+            }
+
+            /// Forgets an object's series (when the cluster or listener is removed).
+            pub fn remove(&self, labels: &$labels) {
+                $( self.$field.remove(labels); )*
+            }
+        }
+
+        impl $handles {
+            /// `(envoy stat name, value)` pairs for the admin `/stats` text format (the
+            /// field names are Envoy's stat names).
+            pub fn values(&self) -> Vec<(&'static str, i64)> {
+                vec![ $( (stringify!($field), families!(@get self.$field, $kind)), )* ]
+            }
+        }
+    };
+    (@family counter, $labels:ident) => { Counters<$labels> };
+    (@family gauge, $labels:ident) => { Gauges<$labels> };
+    (@metric counter) => { Counter };
+    (@metric gauge) => { Gauge };
+    (@get $e:expr, counter) => { i64::try_from($e.get()).unwrap_or(i64::MAX) };
+    (@get $e:expr, gauge) => { $e.get() };
+}
+
+families! {
+    /// Envoy's `cluster.<name>.*` stats.
+    ClusterFamilies / ClusterStats (ClusterLabels, "cluster_") {
+        upstream_cx_total: counter = "upstream_cx", "upstream connections opened";
+        upstream_cx_active: gauge = "upstream_cx_active", "upstream connections open now";
+        upstream_cx_connect_fail: counter = "upstream_cx_connect_fail", "upstream connect failures";
+        upstream_cx_connect_timeout: counter = "upstream_cx_connect_timeout", "upstream connect timeouts";
+        upstream_cx_overflow: counter = "upstream_cx_overflow", "connections refused by the max_connections circuit breaker";
+        upstream_cx_none_healthy: counter = "upstream_cx_none_healthy", "connections or requests with no healthy host";
+        upstream_cx_rx_bytes_total: counter = "upstream_cx_rx_bytes", "bytes received from upstream";
+        upstream_cx_tx_bytes_total: counter = "upstream_cx_tx_bytes", "bytes sent to upstream";
+        upstream_rq_total: counter = "upstream_rq", "upstream requests";
+        upstream_rq_active: gauge = "upstream_rq_active", "upstream requests in flight";
+        upstream_rq_pending_active: gauge = "upstream_rq_pending_active", "requests waiting for a connection";
+        upstream_rq_pending_overflow: counter = "upstream_rq_pending_overflow", "requests refused by the max_pending_requests circuit breaker";
+        upstream_rq_overflow: counter = "upstream_rq_overflow", "requests refused by the max_requests circuit breaker";
+        upstream_rq_retry: counter = "upstream_rq_retry", "retries";
+        upstream_rq_retry_overflow: counter = "upstream_rq_retry_overflow", "retries refused by the max_retries circuit breaker";
+        membership_total: gauge = "membership_total", "hosts in the cluster";
+        membership_healthy: gauge = "membership_healthy", "healthy hosts in the cluster";
+        update_success: counter = "update_success", "endpoint updates applied";
+    }
+}
+
+families! {
+    /// Envoy's `listener.<address>.*` stats.
+    ListenerFamilies / ListenerStats (ListenerLabels, "listener_") {
+        downstream_cx_total: counter = "downstream_cx", "connections accepted";
+        downstream_cx_active: gauge = "downstream_cx_active", "connections open now";
+        downstream_cx_destroy: counter = "downstream_cx_destroy", "connections closed";
+        no_filter_chain_match: counter = "no_filter_chain_match", "connections that matched no filter chain";
+        downstream_listener_filter_error: counter = "downstream_listener_filter_error", "listener filter failures (sniff timeout or read error)";
+        downstream_cx_drained: counter = "downstream_cx_drained", "connections force-closed at the end of a drain";
+    }
+}
+
+families! {
+    /// Envoy's `tcp.<stat_prefix>.*` stats.
+    TcpFamilies / TcpStats (TcpLabels, "tcp_") {
+        downstream_cx_total: counter = "downstream_cx", "connections handled by tcp_proxy";
+        downstream_cx_rx_bytes_total: counter = "downstream_cx_rx_bytes", "bytes received from downstream";
+        downstream_cx_tx_bytes_total: counter = "downstream_cx_tx_bytes", "bytes sent to downstream";
+        idle_timeout: counter = "idle_timeout", "connections closed by the idle timeout";
+        max_downstream_connection_duration: counter = "max_downstream_connection_duration", "connections closed by max_downstream_connection_duration";
+        upstream_flush_active: gauge = "upstream_flush_active", "connections flushing upstream after downstream closed";
+        downstream_cx_no_route: counter = "downstream_cx_no_route", "connections with no cluster";
+    }
+}
+
+families! {
+    /// Per-type xDS update stats (Envoy's `cluster_manager.cds.*`, `listener_manager.lds.*`, ...).
+    XdsFamilies / XdsStats (XdsLabels, "xds_") {
+        update_attempt: counter = "update_attempt", "responses received";
+        update_success: counter = "update_success", "responses applied and ACKed";
+        update_rejected: counter = "update_rejected", "responses NACKed";
+    }
+}
+
+/// Process-wide gauges (`server.*`, `listener_manager.*`, `cluster_manager.*`).
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub live: Gauge,
+    pub state: Gauge,
+    pub uptime: Gauge,
+    pub control_plane_connected: Gauge,
+    pub total_listeners_active: Gauge,
+    pub total_listeners_warming: Gauge,
+    pub total_listeners_draining: Gauge,
+    pub active_clusters: Gauge,
+    pub warming_clusters: Gauge,
+    pub connections_total: Counter<u64, AtomicU64>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stats {
+    pub fn new() -> Self {
+        let mut root = Registry::default();
+        let stats = Stats {
+            registry: Mutex::new(Registry::default()),
+            started: Instant::now(),
+            cluster: ClusterFamilies::default(),
+            listener: ListenerFamilies::default(),
+            tcp: TcpFamilies::default(),
+            xds: XdsFamilies::default(),
+            server: ServerStats::default(),
+        };
+        {
+            let envoy = root.sub_registry_with_prefix("envoy");
+            stats.cluster.register(envoy);
+            stats.listener.register(envoy);
+            stats.tcp.register(envoy);
+            stats.xds.register(envoy);
+            let s = &stats.server;
+            envoy.register("server_live", "1 when the server is live (not draining)", s.live.clone());
+            envoy.register("server_state", "0 live, 1 draining, 2 pre-initializing", s.state.clone());
+            envoy.register("server_uptime", "seconds since start", s.uptime.clone());
+            envoy.register(
+                "control_plane_connected_state",
+                "1 when the xDS stream is up",
+                s.control_plane_connected.clone(),
+            );
+            envoy.register("listener_manager_total_listeners_active", "active listeners", s.total_listeners_active.clone());
+            envoy.register("listener_manager_total_listeners_warming", "listeners waiting for routes", s.total_listeners_warming.clone());
+            envoy.register("listener_manager_total_listeners_draining", "removed listeners still draining", s.total_listeners_draining.clone());
+            envoy.register("cluster_manager_active_clusters", "active clusters", s.active_clusters.clone());
+            envoy.register("cluster_manager_warming_clusters", "clusters waiting for endpoints", s.warming_clusters.clone());
+            envoy.register("server_downstream_cx", "connections accepted by all listeners", s.connections_total.clone());
+        }
+        stats.server.state.set(2);
+        *stats.registry.lock() = root;
+        stats
+    }
+
+    /// Registers another module's metric (the http half registers its families here).
+    /// `name` is taken as is (no prefix added).
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.registry.lock().register(name, help, metric);
+    }
+
+    /// Prometheus/OpenMetrics text exposition of every registered metric.
+    pub fn encode_prometheus(&self) -> String {
+        self.server.uptime.set(i64::try_from(self.started.elapsed().as_secs()).unwrap_or(i64::MAX));
+        let mut out = String::with_capacity(16 * 1024);
+        // Encoding into a String cannot fail.
+        let _ = encode(&mut out, &self.registry.lock());
+        out
+    }
+
+    /// Seconds since the process started.
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_counters_use_envoy_names() {
+        let stats = Stats::new();
+        let labels = ClusterLabels { envoy_cluster_name: "outbound|80||a.default.svc.cluster.local".into() };
+        let c = stats.cluster.handles(&labels);
+        c.upstream_cx_total.inc();
+        c.upstream_rq_total.inc_by(3);
+        let text = stats.encode_prometheus();
+        assert!(
+            text.contains(r#"envoy_cluster_upstream_cx_total{envoy_cluster_name="outbound|80||a.default.svc.cluster.local"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"envoy_cluster_upstream_rq_total{envoy_cluster_name="outbound|80||a.default.svc.cluster.local"} 3"#));
+        // A second handle shares the same series.
+        stats.cluster.handles(&labels).upstream_cx_total.inc();
+        assert_eq!(c.upstream_cx_total.get(), 2);
+        stats.cluster.remove(&labels);
+        assert!(!stats.encode_prometheus().contains("a.default.svc"));
+    }
+
+    #[test]
+    fn values_list_envoy_stat_names() {
+        let stats = Stats::new();
+        let l = stats.listener.handles(&ListenerLabels { envoy_listener_address: "0.0.0.0_15001".into() });
+        l.downstream_cx_total.inc();
+        let values = l.values();
+        assert!(values.contains(&("downstream_cx_total", 1)));
+    }
+}

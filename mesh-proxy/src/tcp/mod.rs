@@ -1,0 +1,1 @@
+//! tcp_proxy (in progress).

@@ -1,0 +1,208 @@
+//! One upstream endpoint with its live counters and a per-host slot for the HTTP pool.
+
+use std::{
+    any::Any,
+    fmt,
+    net::SocketAddr,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU8, AtomicU64, Ordering},
+    },
+};
+
+use crate::config::endpoint::{HealthStatus, Locality};
+
+/// An upstream host. Shared (`Arc`) between the load balancer, connections and pools;
+/// kept across EDS updates when its address and attributes do not change, so pools and
+/// counters survive endpoint churn elsewhere in the cluster.
+pub struct Host {
+    pub addr: SocketAddr,
+    /// EDS `hostname`, or the DNS name a STRICT_DNS host was resolved from.
+    pub hostname: Arc<str>,
+    pub locality: Arc<Locality>,
+    pub weight: u32,
+    pub priority: u32,
+    /// Istio's `tlsMode` endpoint metadata (for transport-socket matching, later).
+    pub tls_mode: Option<Arc<str>>,
+    /// EDS health; outlier detection and active health checks (later) write here too.
+    health: AtomicU8,
+    /// Requests in flight to this host (least-request LB reads it).
+    active_requests: AtomicU64,
+    active_connections: AtomicU64,
+    total_connections: AtomicU64,
+    total_requests: AtomicU64,
+    connect_failures: AtomicU64,
+    ext: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+const HEALTHY: u8 = 0;
+const DEGRADED: u8 = 1;
+const UNHEALTHY: u8 = 2;
+
+impl fmt::Debug for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Host")
+            .field("addr", &self.addr)
+            .field("hostname", &self.hostname)
+            .field("locality", &self.locality)
+            .field("weight", &self.weight)
+            .field("priority", &self.priority)
+            .field("health", &self.health())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    pub fn new(addr: SocketAddr) -> Self {
+        Host {
+            addr,
+            hostname: "".into(),
+            locality: Arc::default(),
+            weight: 1,
+            priority: 0,
+            tls_mode: None,
+            health: AtomicU8::new(HEALTHY),
+            active_requests: AtomicU64::new(0),
+            active_connections: AtomicU64::new(0),
+            total_connections: AtomicU64::new(0),
+            total_requests: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            ext: OnceLock::new(),
+        }
+    }
+
+    pub fn with_attributes(
+        addr: SocketAddr,
+        hostname: Arc<str>,
+        locality: Arc<Locality>,
+        weight: u32,
+        priority: u32,
+        health: HealthStatus,
+        tls_mode: Option<Arc<str>>,
+    ) -> Self {
+        let h = Host { hostname, locality, weight: weight.max(1), priority, tls_mode, ..Host::new(addr) };
+        h.set_health(health);
+        h
+    }
+
+    /// Whether two hosts describe the same endpoint (then the old `Arc` is kept).
+    pub(crate) fn same_attributes(&self, other: &Host) -> bool {
+        self.addr == other.addr
+            && self.hostname == other.hostname
+            && self.locality == other.locality
+            && self.weight == other.weight
+            && self.priority == other.priority
+            && self.tls_mode == other.tls_mode
+    }
+
+    pub fn health(&self) -> HealthStatus {
+        match self.health.load(Ordering::Relaxed) {
+            HEALTHY => HealthStatus::Healthy,
+            DEGRADED => HealthStatus::Degraded,
+            _ => HealthStatus::Unhealthy,
+        }
+    }
+
+    pub fn set_health(&self, h: HealthStatus) {
+        let v = match h {
+            HealthStatus::Healthy => HEALTHY,
+            HealthStatus::Degraded => DEGRADED,
+            HealthStatus::Unhealthy => UNHEALTHY,
+        };
+        self.health.store(v, Ordering::Relaxed);
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.health.load(Ordering::Relaxed) == HEALTHY
+    }
+
+    pub fn active_requests(&self) -> u64 {
+        self.active_requests.load(Ordering::Relaxed)
+    }
+
+    pub fn active_connections(&self) -> u64 {
+        self.active_connections.load(Ordering::Relaxed)
+    }
+
+    pub fn total_connections(&self) -> u64 {
+        self.total_connections.load(Ordering::Relaxed)
+    }
+
+    pub fn total_requests(&self) -> u64 {
+        self.total_requests.load(Ordering::Relaxed)
+    }
+
+    pub fn connect_failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_connect_failure(&self) {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request in flight until the guard drops (least-request reads this).
+    pub fn request_guard(self: &Arc<Self>) -> HostRequestGuard {
+        self.active_requests.fetch_add(1, Ordering::Relaxed);
+        self.total_requests.fetch_add(1, Ordering::Relaxed);
+        HostRequestGuard(self.clone())
+    }
+
+    /// Counts an open connection until the guard drops.
+    pub fn connection_guard(self: &Arc<Self>) -> HostConnectionGuard {
+        self.active_connections.fetch_add(1, Ordering::Relaxed);
+        self.total_connections.fetch_add(1, Ordering::Relaxed);
+        HostConnectionGuard(self.clone())
+    }
+
+    /// The per-host extension slot (the HTTP connection pool lives here), created on
+    /// first use. `None` if the slot already holds a different type.
+    pub fn ext<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<Arc<T>> {
+        self.ext.get_or_init(|| Arc::new(init())).clone().downcast::<T>().ok()
+    }
+}
+
+/// See [`Host::request_guard`].
+#[derive(Debug)]
+pub struct HostRequestGuard(Arc<Host>);
+
+impl Drop for HostRequestGuard {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// See [`Host::connection_guard`].
+#[derive(Debug)]
+pub struct HostConnectionGuard(Arc<Host>);
+
+impl Drop for HostConnectionGuard {
+    fn drop(&mut self) {
+        self.0.active_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_count() {
+        let h = Arc::new(Host::new("127.0.0.1:1".parse().unwrap()));
+        let g = h.request_guard();
+        let g2 = h.request_guard();
+        assert_eq!(h.active_requests(), 2);
+        drop(g);
+        drop(g2);
+        assert_eq!(h.active_requests(), 0);
+        assert_eq!(h.total_requests(), 2);
+    }
+
+    #[test]
+    fn ext_slot_is_typed() {
+        let h = Host::new("127.0.0.1:1".parse().unwrap());
+        let a = h.ext(|| 5u32).unwrap();
+        assert_eq!(*a, 5);
+        assert_eq!(*h.ext(|| 7u32).unwrap(), 5);
+        assert!(h.ext(|| "other").is_none());
+    }
+}
