@@ -132,17 +132,24 @@ impl World {
                     )
                 })
                 .collect(),
+            // Like a real translator, every route config a listener names exists (with a
+            // default host when the test did not set one): SotW cannot delete an RDS
+            // resource, so a mesh where a referenced route vanishes is not a valid test.
             routes: self
-                .routes
-                .iter()
+                .listeners
+                .values()
+                .map(|r| (r, self.routes.get(r).map_or("default", String::as_str)))
+                .chain(self.routes.iter().map(|(r, d)| (r, d.as_str())))
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
                 .map(|(r, domain)| {
                     named(
                         r,
                         any(&RouteConfiguration {
                             name: r.clone(),
                             virtual_hosts: vec![VirtualHost {
-                                name: domain.clone(),
-                                domains: vec![domain.clone()],
+                                name: domain.to_string(),
+                                domains: vec![domain.to_string()],
                                 ..Default::default()
                             }],
                             ..Default::default()
@@ -400,9 +407,9 @@ impl Client {
         }
     }
 
-    pub async fn stop(self) -> Arc<Mutex<ClientState>> {
+    pub async fn stop(mut self) -> Arc<Mutex<ClientState>> {
         self.task.abort();
-        let _ = (&self.task).await;
+        let _ = (&mut self.task).await;
         self.state.clone()
     }
 }
