@@ -178,9 +178,12 @@ mod tests {
     fn parses_istio_sidecar_node() {
         let labels = Value {
             kind: Some(Kind::StructValue(Struct {
-                fields: [("app".to_string(), s("reviews")), ("version".to_string(), s("v1"))]
-                    .into_iter()
-                    .collect(),
+                fields: [
+                    ("app".to_string(), s("reviews")),
+                    ("version".to_string(), s("v1")),
+                ]
+                .into_iter()
+                .collect(),
             })),
         };
         let n = node(
@@ -232,7 +235,10 @@ mod tests {
             "sidecar~10.0.0.1~~default.svc.cluster.local",
         ] {
             let err = Proxy::from_node(&node(bad, &[])).expect_err(bad);
-            assert!(matches!(err, ModelError::InvalidNodeId { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, ModelError::InvalidNodeId { .. }),
+                "{bad}: {err}"
+            );
         }
         let err = Proxy::from_node(&node(
             "sidecar~10.0.0.1~x.default~default.svc.cluster.local",

@@ -1,17 +1,31 @@
 //! The typed, versioned config store.
 //!
-//! Sources (the file source now, Kubernetes later) hand the store the resources each origin
+//! Sources (the file source now, Kubernetes later) hand the store the documents each origin
 //! (a file, a watch) currently defines. The store keeps the last good version of every
-//! resource, rebuilds an immutable [`Snapshot`] (resources, service registry, indexes) and
-//! publishes it atomically, then tells subscribers what kind of change happened so the push
-//! side can decide between a full and an endpoints-only push.
+//! resource, rebuilds an immutable [`Snapshot`] (resources, service registry, routing
+//! indexes, every current problem) and publishes it atomically, then tells subscribers what
+//! kind of change happened so the push side can choose between a full and an
+//! endpoints-only push.
 
+pub mod config;
+mod snapshot;
+pub(crate) mod state;
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use mesh_api::document::{self, Kind, Resource};
+use mesh_api::mesh_config::MeshConfig;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::broadcast;
+
+pub use snapshot::{Snapshot, StoredResource};
+use state::{Changes, Doc, State};
+
+#[cfg(test)]
+mod tests;
 
 /// What a change affects, so the push side can pick full or EDS-only pushes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -27,7 +41,7 @@ pub enum ChangeKind {
 pub struct ConfigEvent {
     pub kind: ChangeKind,
     pub at: tokio::time::Instant,
-    /// Human-readable, e.g. `file bookinfo.yaml: VirtualService default/reviews changed`.
+    /// Human-readable, e.g. `reviews.yaml: VirtualService default/reviews (+1 more)`.
     pub reason: String,
     /// The snapshot version this event published.
     pub version: u64,
@@ -35,9 +49,9 @@ pub struct ConfigEvent {
 
 /// A problem with the config: an invalid document, an unresolvable reference, a conflict.
 /// Shown in `/debug/configz` and logged when it first appears.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ConfigIssue {
-    /// Where it came from: a file path, or `translate` for semantic problems.
+    /// Where it came from: `file:line` for documents, the resource's file for semantic problems.
     pub origin: String,
     /// The resource, as `Kind namespace/name` when known.
     pub resource: Option<String>,
@@ -46,27 +60,16 @@ pub struct ConfigIssue {
     pub message: String,
 }
 
-/// An immutable view of all config and the registry, shared by every push.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    version: u64,
-    issues: Vec<ConfigIssue>,
-}
-
-impl Snapshot {
-    /// An empty snapshot (version 0): no services, no config.
-    pub fn empty() -> Snapshot {
-        Snapshot::default()
-    }
-
-    /// Increases by one with every published change.
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-
-    /// Every current problem (parse errors, bad references, conflicts), sorted.
-    pub fn issues(&self) -> &[ConfigIssue] {
-        &self.issues
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: ", self.origin)?;
+        if let Some(r) = &self.resource {
+            write!(f, "{r}: ")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -74,16 +77,20 @@ impl Snapshot {
 #[derive(Debug, Serialize)]
 pub struct Configz {
     pub version: u64,
-    pub resources: Vec<serde_json::Value>,
+    /// Every resource in force, with the origin it came from.
+    pub resources: Vec<StoredResource>,
+    /// Every current problem: parse errors, bad references, conflicts.
     pub errors: Vec<ConfigIssue>,
+    /// The service registry (services and their endpoints).
+    pub registry: serde_json::Value,
 }
 
-/// The store. Cheap to read from many tasks ([`Store::snapshot`] is lock-free); writes are
-/// serialized and never hold a lock across an await.
+/// The store. Reading is lock-free ([`Store::snapshot`]); writes are serialized by one mutex
+/// that is never held across an await.
 pub struct Store {
     current: ArcSwap<Snapshot>,
     events: broadcast::Sender<ConfigEvent>,
-    write: Mutex<()>,
+    state: Mutex<State>,
 }
 
 impl Default for Store {
@@ -95,7 +102,7 @@ impl Default for Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("version", &self.current.load().version)
+            .field("version", &self.current.load().version())
             .finish_non_exhaustive()
     }
 }
@@ -106,7 +113,7 @@ impl Store {
         Store {
             current: ArcSwap::from_pointee(Snapshot::empty()),
             events,
-            write: Mutex::new(()),
+            state: Mutex::new(State::default()),
         }
     }
 
@@ -115,26 +122,83 @@ impl Store {
         self.current.load_full()
     }
 
-    /// Change events from now on. A lagging receiver should treat a `Lagged` error as a full change.
+    /// Change events from now on. A lagging receiver should treat `Lagged` as a full change.
     pub fn subscribe(&self) -> broadcast::Receiver<ConfigEvent> {
         self.events.subscribe()
     }
 
-    /// The `/debug/configz` view: every resource with its origin, and the current errors.
+    /// The `/debug/configz` view.
     pub fn configz(&self) -> Configz {
         let snap = self.snapshot();
         Configz {
-            version: snap.version,
-            resources: Vec::new(),
-            errors: snap.issues.clone(),
+            version: snap.version(),
+            resources: snap.stored().to_vec(),
+            errors: snap.issues().to_vec(),
+            registry: snap.registry().view(),
         }
     }
 
-    #[allow(dead_code)]
-    fn publish(&self, mut next: Snapshot, kind: ChangeKind, reason: String) {
-        let _guard = self.write.lock();
-        next.version = self.current.load().version + 1;
-        let version = next.version;
+    /// Replaces what `origin` (a file path) defines with the documents in `text`. Returns
+    /// the problems found in this text (also kept in the snapshot's issues).
+    pub fn apply_text(&self, origin: &str, text: &str) -> Vec<ConfigIssue> {
+        let docs = parse_docs(origin, text);
+        let mut state = self.state.lock();
+        let changes = state.apply(origin, docs);
+        let issues: Vec<ConfigIssue> = state
+            .issues()
+            .into_iter()
+            .filter(|i| i.origin == origin || i.origin.starts_with(&format!("{origin}:")))
+            .collect();
+        self.publish(&state, changes, origin);
+        issues
+    }
+
+    /// Forgets everything `origin` defined (its file was deleted or renamed away).
+    pub fn remove_origin(&self, origin: &str) {
+        let mut state = self.state.lock();
+        let changes = state.remove(origin);
+        self.publish(&state, changes, origin);
+    }
+
+    /// Every origin the store has documents from.
+    pub fn origins(&self) -> Vec<String> {
+        self.state.lock().origins().map(str::to_string).collect()
+    }
+
+    /// Rebuilds and publishes the snapshot when something changed. Called with the state
+    /// lock held, so versions are published in order.
+    fn publish(&self, state: &State, changes: Changes, origin: &str) {
+        let previous = self.current.load_full();
+        let issues_before: BTreeSet<ConfigIssue> = previous.issues().iter().cloned().collect();
+        let next = Snapshot::build(state, previous.version() + 1, Some(previous.mesh_arc()));
+        let issues_changed = next.issues().len() != issues_before.len()
+            || next.issues().iter().any(|i| !issues_before.contains(i));
+        for issue in next.issues() {
+            if !issues_before.contains(issue) {
+                tracing::warn!(component = "config", "{issue}");
+            }
+        }
+        if changes.keys.is_empty() && !issues_changed {
+            return;
+        }
+        let kind = if !changes.keys.is_empty()
+            && changes.keys.iter().all(|k| k.kind == Kind::EndpointSlice)
+        {
+            ChangeKind::EndpointsOnly
+        } else {
+            ChangeKind::Full
+        };
+        let mut reason = origin.to_string();
+        if let Some(first) = changes.keys.iter().next() {
+            reason.push_str(&format!(": {first}"));
+            if changes.keys.len() > 1 {
+                reason.push_str(&format!(" (+{} more)", changes.keys.len() - 1));
+            }
+        } else {
+            reason.push_str(": errors changed");
+        }
+        let version = next.version();
+        tracing::info!(component = "config", version, ?kind, %reason, "config changed");
         self.current.store(Arc::new(next));
         // No receivers is fine: nobody is connected yet.
         let _ = self.events.send(ConfigEvent {
@@ -144,4 +208,41 @@ impl Store {
             version,
         });
     }
+}
+
+/// Parses one origin's text into the store's document outcomes.
+pub(crate) fn parse_docs(origin: &str, text: &str) -> Vec<Doc> {
+    document::split_documents(text, origin)
+        .into_iter()
+        .map(|raw| match raw {
+            Err(error) => Doc::Bad { key: None, error },
+            Ok(raw) => {
+                let key = state::raw_key(&raw.value);
+                let described = key.as_ref().map(|k| k.to_string());
+                match Resource::from_value(raw.value) {
+                    Ok(Resource::Unowned(u)) => {
+                        tracing::debug!(component = "config", origin, kind = %u.kind, "skipping a kind the mesh does not read");
+                        Doc::Good(Resource::Unowned(u))
+                    }
+                    Ok(resource) => Doc::Good(resource),
+                    Err(errors) => Doc::Bad {
+                        key,
+                        error: document::DocumentError {
+                            file: origin.to_string(),
+                            index: raw.index,
+                            line: Some(raw.line),
+                            column: None,
+                            resource: described,
+                            errors,
+                        },
+                    },
+                }
+            }
+        })
+        .collect()
+}
+
+/// The mesh config used when no `istio` ConfigMap is given: Istio's defaults.
+pub fn default_mesh_config() -> Arc<MeshConfig> {
+    Arc::new(MeshConfig::default())
 }

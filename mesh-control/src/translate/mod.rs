@@ -4,6 +4,8 @@
 //! names, filter chains, defaults), so users' muscle memory from `istioctl proxy-config`
 //! carries over. Output is sorted by name, so the same input always gives the same bytes.
 
+pub mod index;
+
 use envoy_types::pb::google::protobuf::Any;
 
 use crate::model::Proxy;

@@ -1,0 +1,215 @@
+//! The immutable snapshot: every resource in force, typed; the registry; the routing index;
+//! every current problem.
+
+use std::sync::Arc;
+
+use mesh_api::document::{Kind, Resource};
+use mesh_api::mesh_config::{CONFIG_MAP_NAME, MeshConfig};
+use mesh_api::naming::DEFAULT_DOMAIN_SUFFIX;
+use serde::Serialize;
+
+use super::config::{Age, Config, ConfigSet, Meta};
+use super::state::{Doc, State};
+use super::{ConfigIssue, default_mesh_config, parse_docs};
+use crate::registry::Registry;
+use crate::translate::index::MeshIndex;
+
+/// A resource in force and where it came from, for `/debug/configz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredResource {
+    pub origin: String,
+    pub resource: String,
+    #[serde(skip)]
+    pub value: Arc<Resource>,
+}
+
+/// An immutable view of all config and the registry, shared by every push.
+#[derive(Debug)]
+pub struct Snapshot {
+    version: u64,
+    config: Arc<ConfigSet>,
+    registry: Arc<Registry>,
+    mesh: Arc<MeshConfig>,
+    index: Arc<MeshIndex>,
+    stored: Vec<StoredResource>,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot::empty()
+    }
+}
+
+impl Snapshot {
+    /// An empty snapshot (version 0): no services, no config, Istio's default mesh config.
+    pub fn empty() -> Snapshot {
+        Snapshot::assemble(0, Vec::new(), Vec::new(), None)
+    }
+
+    /// Builds a snapshot straight from YAML text (one origin), without a store: for
+    /// golden tests, benchmarks and offline tools. Documents that fail to parse are issues.
+    pub fn from_yaml(origin: &str, text: &str) -> Snapshot {
+        let mut state = State::default();
+        state.apply(origin, parse_docs(origin, text));
+        Snapshot::build(&state, 1, None)
+    }
+
+    /// Builds a snapshot from already-parsed resources (oldest first), e.g. generated meshes.
+    pub fn from_resources(origin: &str, resources: Vec<Resource>) -> Snapshot {
+        let mut state = State::default();
+        state.apply(origin, resources.into_iter().map(Doc::Good).collect());
+        Snapshot::build(&state, 1, None)
+    }
+
+    pub(crate) fn build(
+        state: &State,
+        version: u64,
+        previous_mesh: Option<Arc<MeshConfig>>,
+    ) -> Snapshot {
+        let mut entries = Vec::new();
+        for (key, def, seq) in state.winners() {
+            entries.push((key.kind, def.origin.clone(), def.resource.clone(), seq));
+        }
+        Snapshot::assemble(version, entries, state.issues(), previous_mesh)
+    }
+
+    fn assemble(
+        version: u64,
+        entries: Vec<(Kind, String, Arc<Resource>, u64)>,
+        mut issues: Vec<ConfigIssue>,
+        previous_mesh: Option<Arc<MeshConfig>>,
+    ) -> Snapshot {
+        let mut set = ConfigSet::default();
+        let mut stored = Vec::with_capacity(entries.len());
+        let mut mesh_map = None;
+        for (_, origin, resource, seq) in &entries {
+            stored.push(StoredResource {
+                origin: origin.clone(),
+                resource: resource.describe(),
+                value: resource.clone(),
+            });
+            add_typed(&mut set, origin, resource, *seq);
+        }
+        set.sort();
+
+        // The mesh config: Istio's `istio` ConfigMap in the root namespace.
+        for cm in &set.config_maps {
+            if cm.meta.name == CONFIG_MAP_NAME && cm.meta.namespace == "istio-system" {
+                mesh_map = Some(cm.clone());
+            }
+        }
+        let mesh = match mesh_map {
+            None => default_mesh_config(),
+            Some(cm) => match MeshConfig::from_config_map(&cm.spec) {
+                Ok(m) => Arc::new(m),
+                Err(e) => {
+                    issues.push(ConfigIssue {
+                        origin: cm.meta.origin.clone(),
+                        resource: Some(cm.meta.display()),
+                        field: Some("data.mesh".to_string()),
+                        message: format!("{e} (the previous mesh config stays in force)"),
+                    });
+                    previous_mesh.unwrap_or_else(default_mesh_config)
+                }
+            },
+        };
+
+        let registry = Registry::build(&set, &mesh);
+        issues.extend(registry.issues().iter().cloned());
+        let (index, index_issues) = MeshIndex::build(&set, &registry, &mesh, DEFAULT_DOMAIN_SUFFIX);
+        issues.extend(index_issues);
+        issues.sort();
+        issues.dedup();
+        stored.sort_by(|a, b| a.resource.cmp(&b.resource));
+        Snapshot {
+            version,
+            config: Arc::new(set),
+            registry: Arc::new(registry),
+            mesh,
+            index: Arc::new(index),
+            stored,
+            issues,
+        }
+    }
+
+    /// Increases by one with every published change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Every current problem (parse errors, bad references, conflicts), sorted.
+    pub fn issues(&self) -> &[ConfigIssue] {
+        &self.issues
+    }
+
+    pub fn config(&self) -> &ConfigSet {
+        &self.config
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn mesh(&self) -> &MeshConfig {
+        &self.mesh
+    }
+
+    pub(crate) fn mesh_arc(&self) -> Arc<MeshConfig> {
+        self.mesh.clone()
+    }
+
+    pub(crate) fn index(&self) -> &MeshIndex {
+        &self.index
+    }
+
+    /// Every resource in force with its origin, sorted by kind/namespace/name.
+    pub fn stored(&self) -> &[StoredResource] {
+        &self.stored
+    }
+}
+
+fn meta_of(kind: Kind, origin: &str, resource: &Resource, seq: u64) -> Option<Meta> {
+    let key = resource.key()?;
+    let m = resource.metadata()?;
+    Some(Meta {
+        kind: kind.as_str(),
+        name: key.name,
+        namespace: key.namespace,
+        labels: m.labels.clone().unwrap_or_default(),
+        annotations: m.annotations.clone().unwrap_or_default(),
+        age: Age {
+            created: resource.creation_timestamp().map(|t| t.0),
+            seq,
+        },
+        origin: origin.to_string(),
+    })
+}
+
+fn add_typed(set: &mut ConfigSet, origin: &str, resource: &Resource, seq: u64) {
+    let Some(kind) = resource.kind() else { return };
+    let Some(meta) = meta_of(kind, origin, resource, seq) else {
+        return;
+    };
+    macro_rules! push {
+        ($list:ident, $spec:expr) => {
+            set.$list.push(Arc::new(Config { meta, spec: $spec }))
+        };
+    }
+    match resource {
+        Resource::VirtualService(r) => push!(virtual_services, r.spec.clone()),
+        Resource::DestinationRule(r) => push!(destination_rules, r.spec.clone()),
+        Resource::Gateway(r) => push!(gateways, r.spec.clone()),
+        Resource::ServiceEntry(r) => push!(service_entries, r.spec.clone()),
+        Resource::WorkloadEntry(r) => push!(workload_entries, r.spec.clone()),
+        Resource::Sidecar(r) => push!(sidecars, r.spec.clone()),
+        Resource::Service(r) => push!(services, (**r).clone()),
+        Resource::EndpointSlice(r) => push!(endpoint_slices, (**r).clone()),
+        Resource::Pod(r) => push!(pods, (**r).clone()),
+        Resource::Namespace(r) => push!(namespaces, (**r).clone()),
+        Resource::Secret(r) => push!(secrets, (**r).clone()),
+        Resource::ConfigMap(r) => push!(config_maps, (**r).clone()),
+        // Security and telemetry kinds are stored (configz) and translated elsewhere.
+        _ => {}
+    }
+}
