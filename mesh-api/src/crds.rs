@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 use serde_json::Value;
 
@@ -86,9 +88,16 @@ fn with_versions(
     versions: &[&str],
     storage: &str,
 ) -> CustomResourceDefinition {
-    let Some(template) = crd.spec.versions.first().cloned() else {
+    let Some(mut template) = crd.spec.versions.first().cloned() else {
         return crd;
     };
+    if let Some(schema) = template
+        .schema
+        .as_mut()
+        .and_then(|s| s.open_api_v3_schema.as_mut())
+    {
+        sanitize_schema(schema);
+    }
     crd.spec.versions = versions
         .iter()
         .map(|v| {
@@ -100,6 +109,27 @@ fn with_versions(
         })
         .collect();
     crd
+}
+
+/// Makes schemars' output what Kubernetes (1.20 and later) accepts and what Istio's CRDs
+/// do: schemars lists `null` among the values of an optional enum (Kubernetes wants
+/// `nullable: true` instead), and it emits `default` for fields of `#[serde(default)]`
+/// structs, which the API server would write into every stored object (Istio's CRDs
+/// have no defaults: absent means unset).
+fn sanitize_schema(schema: &mut JSONSchemaProps) {
+    if let Some(values) = schema.enum_.as_mut() {
+        values.retain(|v| !v.0.is_null());
+    }
+    schema.default = None;
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        sanitize_schema(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        sanitize_schema(items);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(extra)) = schema.additional_properties.as_mut() {
+        sanitize_schema(extra);
+    }
 }
 
 #[cfg(test)]

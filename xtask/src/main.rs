@@ -6,6 +6,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod crds;
+
 #[derive(Parser)]
 #[command(name = "xtask", about = "Project tasks")]
 struct Cli {
@@ -21,12 +23,19 @@ enum Task {
         #[arg(long)]
         no_kube: bool,
     },
+    /// Write manifests/crds/*.yaml from mesh-api's types (or check they are up to date).
+    Crds {
+        /// Fail instead of writing when the files are stale.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.task {
         Task::Ci { no_kube } => ci(no_kube),
+        Task::Crds { check } => crds::run(&root(), check),
     }
 }
 
@@ -46,7 +55,9 @@ fn cargo() -> Command {
 
 fn run(step: &str, mut cmd: Command) -> Result<()> {
     eprintln!("==> {step}: {cmd:?}");
-    let status = cmd.status().with_context(|| format!("{step}: could not start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("{step}: could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{step} failed ({status})");
     }
@@ -54,19 +65,128 @@ fn run(step: &str, mut cmd: Command) -> Result<()> {
 }
 
 fn ci(no_kube: bool) -> Result<()> {
+    let strict = is_root();
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run("fmt", fmt)?;
 
     let mut clippy = cargo();
-    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     run("clippy", clippy)?;
+
+    crds::run(&root(), true).context("crds --check")?;
+
+    // A real Kubernetes API server for the tests that need one (CRDs, dry-run applies).
+    let kube = if no_kube {
+        None
+    } else {
+        KubeApiServer::start(strict)?
+    };
 
     let mut test = cargo();
     test.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
-    if no_kube {
-        test.env("MESH_SKIP_KUBE", "1");
+    if strict {
+        // Running as root: a test missing a prerequisite fails instead of skipping.
+        test.env("MESH_CI_STRICT", "1");
     }
-    run("tests", test)?;
-    Ok(())
+    match &kube {
+        Some(k) => {
+            test.env("MESH_KUBECONFIG", &k.kubeconfig);
+            test.env("MESH_KUBECTL", &k.kubectl);
+        }
+        None => {
+            test.env("MESH_SKIP_KUBE", "1");
+        }
+    }
+    let result = run("tests", test);
+    if let Some(k) = kube {
+        k.stop();
+    }
+    result
+}
+
+/// Whether we run as root (CI does): then prerequisites are mandatory.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The API server started by `tools/kube-apiserver/run.sh` (etcd + kube-apiserver on
+/// loopback). Stopped through the script, which kills only the PIDs it recorded.
+struct KubeApiServer {
+    kubeconfig: PathBuf,
+    kubectl: PathBuf,
+    /// False when a server was already running (we reuse it and leave it running).
+    started_here: bool,
+}
+
+impl KubeApiServer {
+    fn script() -> PathBuf {
+        root().join("tools/kube-apiserver/run.sh")
+    }
+
+    fn kube_dir() -> PathBuf {
+        std::env::var_os("MESH_KUBE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/cache/mesh-kube"))
+    }
+
+    fn running() -> bool {
+        let pid_file = Self::kube_dir().join("run/apiserver.pid");
+        std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    }
+
+    /// Starts the server (building it the first time); `None` when it cannot run here and
+    /// `strict` is off.
+    fn start(strict: bool) -> Result<Option<KubeApiServer>> {
+        let dir = Self::kube_dir();
+        let server = |started_here| KubeApiServer {
+            kubeconfig: dir.join("run/kubeconfig"),
+            kubectl: dir.join("bin/kubectl"),
+            started_here,
+        };
+        if Self::running() {
+            eprintln!("==> kube-apiserver: already running, reusing it");
+            return Ok(Some(server(false)));
+        }
+        let mut cmd = Command::new("bash");
+        cmd.arg(Self::script()).arg("start");
+        match run("kube-apiserver", cmd) {
+            Ok(()) => Ok(Some(server(true))),
+            Err(e) if strict => Err(e.context("starting the Kubernetes API server for the tests")),
+            Err(e) => {
+                eprintln!(
+                    "==> kube-apiserver could not start ({e:#}); tests that need it will skip"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    fn stop(self) {
+        if !self.started_here {
+            return;
+        }
+        let mut cmd = Command::new("bash");
+        cmd.arg(Self::script()).arg("stop");
+        if let Err(e) = run("kube-apiserver stop", cmd) {
+            eprintln!("warning: {e:#}");
+        }
+    }
 }
