@@ -373,17 +373,22 @@ mod tests {
         let policy = LbPolicy::Maglev { table_size: 65537, use_hostname: false };
         let before = Picker::build(&policy, hs.clone(), None);
         let after = Picker::build(&policy, hs[..4].to_vec(), None);
-        let mut moved = 0;
+        let (mut moved, mut collateral) = (0, 0);
         for k in 0..1000u64 {
             let ctx = LbContext { hash: Some(xxhash64(&k.to_le_bytes(), 0)), ..Default::default() };
             let a = before.pick(&ctx, 0).unwrap();
             let b = after.pick(&ctx, 0).unwrap();
             if a.addr != b.addr {
                 moved += 1;
-                assert_eq!(a.addr, hs[4].addr, "only keys of the removed host move");
+                if a.addr != hs[4].addr {
+                    collateral += 1;
+                }
             }
         }
-        assert!(moved > 100 && moved < 300, "{moved}");
+        // About a fifth of the keys belonged to the removed host; maglev promises only
+        // minimal disruption for the others.
+        assert!(moved > 150 && moved < 260, "{moved}");
+        assert!(collateral < 30, "{collateral}");
     }
 
     #[test]
