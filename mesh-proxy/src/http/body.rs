@@ -155,6 +155,8 @@ pub struct ResponseBody {
     timers: Option<Timers>,
     bytes_sent: u64,
     on_complete: Option<Box<dyn OnComplete>>,
+    /// Released when hyper drops the body (the stream is over).
+    _hold: Option<Box<dyn Send + Sync>>,
 }
 
 impl ResponseBody {
@@ -167,7 +169,7 @@ impl ResponseBody {
     }
 
     pub fn new(source: Source) -> Self {
-        ResponseBody { source, timers: None, bytes_sent: 0, on_complete: None }
+        ResponseBody { source, timers: None, bytes_sent: 0, on_complete: None, _hold: None }
     }
 
     /// Applies the stream idle timeout and an absolute deadline (route timeout).
@@ -175,6 +177,12 @@ impl ResponseBody {
         if !matches!(self.source, Source::Full(_)) {
             self.timers = Timers::new(idle, deadline);
         }
+        self
+    }
+
+    /// Keeps `h` alive until the stream is over.
+    pub fn hold(mut self, h: Box<dyn Send + Sync>) -> Self {
+        self._hold = Some(h);
         self
     }
 

@@ -7,3 +7,10 @@ pub mod path;
 pub mod pool;
 pub mod request_headers;
 pub mod stream_info;
+pub mod local_reply;
+pub mod redirect;
+pub mod route_select;
+pub mod router;
+pub mod server;
+
+pub use server::serve;

@@ -382,6 +382,11 @@ impl PooledBody {
         b
     }
 
+    /// A body whose connection does not go back to a pool (dedicated connections).
+    pub fn detached(body: Incoming) -> Self {
+        PooledBody { body, ret: None }
+    }
+
     fn release(&mut self) {
         if let Some(mut r) = self.ret.take() {
             r.give_back();
