@@ -81,6 +81,9 @@ mod tests {
         assert_eq!(a.debounce_after, Duration::from_millis(100));
         assert_eq!(a.debounce_max, Duration::from_secs(10));
         assert_eq!(a.push_concurrency, 100);
-        assert!(Args::try_parse_from(["mesh-control"]).is_err(), "--config-dir is required");
+        assert!(
+            Args::try_parse_from(["mesh-control"]).is_err(),
+            "--config-dir is required"
+        );
     }
 }

@@ -69,7 +69,11 @@ async fn run(args: cli::Args) -> Result<()> {
     let xds_listener = XdsServer::bind(args.xds_addr).await?;
     let monitoring_listener = Monitoring::bind(args.monitoring_addr).await?;
     info!(xds = %xds_listener.local_addr()?, monitoring = %monitoring_listener.local_addr()?, "listening");
-    let monitoring_task = tokio::spawn(monitoring.clone().serve(monitoring_listener, shutdown.clone()));
+    let monitoring_task = tokio::spawn(
+        monitoring
+            .clone()
+            .serve(monitoring_listener, shutdown.clone()),
+    );
 
     // Subscribe before loading so that no change between the load and the watch is missed.
     let events = store.subscribe();

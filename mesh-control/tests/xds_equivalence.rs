@@ -3,6 +3,8 @@
 //! after every step both must hold exactly what the mesh says (a table of hand-picked
 //! sequences, then proptest-generated ones).
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 mod xds_support;
 
 use std::collections::BTreeMap;
@@ -41,7 +43,8 @@ impl Step {
                 true
             }
             Step::Listener(l, r) => {
-                w.listeners.insert(format!("0.0.0.0_{l}"), format!("route{r}"));
+                w.listeners
+                    .insert(format!("0.0.0.0_{l}"), format!("route{r}"));
                 true
             }
             Step::RemoveListener(l) => {
@@ -90,13 +93,35 @@ async fn table_of_change_sequences() {
     use Step::*;
     let table: Vec<Vec<Step>> = vec![
         // endpoints only
-        vec![Endpoints(0, vec![81]), Endpoints(0, vec![81, 82]), Endpoints(0, vec![])],
+        vec![
+            Endpoints(0, vec![81]),
+            Endpoints(0, vec![81, 82]),
+            Endpoints(0, vec![]),
+        ],
         // add and remove clusters, endpoints of a new cluster
-        vec![Endpoints(1, vec![90]), Endpoints(2, vec![91]), RemoveCluster(1), Endpoints(1, vec![92])],
+        vec![
+            Endpoints(1, vec![90]),
+            Endpoints(2, vec![91]),
+            RemoveCluster(1),
+            Endpoints(1, vec![92]),
+        ],
         // listeners and the routes they name, including a route that appears late
-        vec![Listener(1, 5), Route(5, 1), Route(5, 2), RemoveListener(0), Listener(0, 0)],
+        vec![
+            Listener(1, 5),
+            Route(5, 1),
+            Route(5, 2),
+            RemoveListener(0),
+            Listener(0, 0),
+        ],
         // remove everything, then bring it back
-        vec![RemoveCluster(0), RemoveListener(0), RemoveRoute(0), Route(0, 3), Listener(0, 0), Endpoints(0, vec![1])],
+        vec![
+            RemoveCluster(0),
+            RemoveListener(0),
+            RemoveRoute(0),
+            Route(0, 3),
+            Listener(0, 0),
+            Endpoints(0, vec![1]),
+        ],
         // a listener switches route configs
         vec![Route(1, 1), Listener(0, 1), Listener(0, 0), RemoveRoute(1)],
     ];

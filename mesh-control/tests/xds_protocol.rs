@@ -1,6 +1,8 @@
 //! The ADS server over real gRPC on loopback, driven by Envoy-like clients: ACK, NACK (seen
 //! in syncz and metrics), reconnects, named subscriptions, pushes, and the monitoring port.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 mod xds_support;
 
 use std::collections::BTreeMap;
@@ -17,8 +19,14 @@ const WAIT: Duration = Duration::from_secs(5);
 fn world() -> World {
     World {
         clusters: BTreeMap::from([
-            ("outbound|9080||reviews.default.svc.cluster.local".into(), vec![9080, 9081]),
-            ("outbound|9080||ratings.default.svc.cluster.local".into(), vec![9080]),
+            (
+                "outbound|9080||reviews.default.svc.cluster.local".into(),
+                vec![9080, 9081],
+            ),
+            (
+                "outbound|9080||ratings.default.svc.cluster.local".into(),
+                vec![9080],
+            ),
         ]),
         listeners: BTreeMap::from([("0.0.0.0_9080".into(), "9080".into())]),
         routes: BTreeMap::from([
@@ -44,7 +52,10 @@ async fn wait_synced(cp: &ControlPlane, types: &[&str]) -> serde_json::Value {
         {
             return s;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never synced: {s:#}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never synced: {s:#}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -78,13 +89,19 @@ async fn sotw_client_syncs_acks_and_receives_pushes() {
     // An endpoint change is an EDS-only push: only EDS is sent.
     let before = client.responses();
     let mut w2 = w.clone();
-    w2.clusters
-        .insert("outbound|9080||ratings.default.svc.cluster.local".into(), vec![9080, 9082]);
+    w2.clusters.insert(
+        "outbound|9080||ratings.default.svc.cluster.local".into(),
+        vec![9080, 9082],
+    );
     cp.change(w2.clone(), false);
     client.wait_for(&w2.expected(), WAIT).await.unwrap();
     wait_synced(&cp, &["CDS", "EDS", "LDS", "RDS"]).await;
     let log = client.state.lock().log[before..].to_vec();
-    assert_eq!(log, [(XdsType::Endpoint, 2, 0)], "SotW EDS resends all subscribed names");
+    assert_eq!(
+        log,
+        [(XdsType::Endpoint, 2, 0)],
+        "SotW EDS resends all subscribed names"
+    );
 
     // A full push that changes only a route sends only RDS: unchanged types are not resent.
     let before = client.responses();
@@ -98,14 +115,21 @@ async fn sotw_client_syncs_acks_and_receives_pushes() {
 
     // A new cluster: CDS first, then the client asks for its endpoints.
     let mut w4 = w3.clone();
-    w4.clusters
-        .insert("outbound|9080||details.default.svc.cluster.local".into(), vec![9080]);
+    w4.clusters.insert(
+        "outbound|9080||details.default.svc.cluster.local".into(),
+        vec![9080],
+    );
     cp.change(w4.clone(), true);
     client.wait_for(&w4.expected(), WAIT).await.unwrap();
     let s = wait_synced(&cp, &["CDS", "EDS", "LDS", "RDS"]).await;
     assert_eq!(s[0]["types"]["EDS"]["subscription"], "3 names");
     assert!(metric(&cp, "pilot_xds_pushes{type=\"cds\"}").await.unwrap() >= 2.0);
-    assert!(metric(&cp, "pilot_proxy_convergence_time_count").await.unwrap() >= 3.0);
+    assert!(
+        metric(&cp, "pilot_proxy_convergence_time_count")
+            .await
+            .unwrap()
+            >= 3.0
+    );
     assert_eq!(metric(&cp, "pilot_xds ").await, Some(1.0));
 }
 
@@ -124,7 +148,8 @@ async fn nack_is_visible_in_syncz_and_metrics_and_not_resent() {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let s = syncz(&cp).await;
-        if s[0]["types"]["LDS"]["nack"]["message"] == msg && s[0]["types"]["CDS"]["status"] == "SYNCED"
+        if s[0]["types"]["LDS"]["nack"]["message"] == msg
+            && s[0]["types"]["CDS"]["status"] == "SYNCED"
         {
             assert_eq!(s[0]["types"]["LDS"]["status"], "STALE");
             assert_eq!(
@@ -133,10 +158,16 @@ async fn nack_is_visible_in_syncz_and_metrics_and_not_resent() {
             );
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no NACK in syncz: {s:#}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no NACK in syncz: {s:#}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(metric(&cp, "pilot_total_xds_rejects{type=\"lds\"}").await, Some(1.0));
+    assert_eq!(
+        metric(&cp, "pilot_total_xds_rejects{type=\"lds\"}").await,
+        Some(1.0)
+    );
     let (_, text) = cp.get("/debug/syncz?format=text").await;
     assert!(text.contains("STALE (NACK)"), "{text}");
 
@@ -151,17 +182,23 @@ async fn nack_is_visible_in_syncz_and_metrics_and_not_resent() {
     };
     let before = lds_sent(&client);
     let mut w2 = w.clone();
-    w2.clusters
-        .insert("outbound|9080||ratings.default.svc.cluster.local".into(), vec![1]);
+    w2.clusters.insert(
+        "outbound|9080||ratings.default.svc.cluster.local".into(),
+        vec![1],
+    );
     cp.change(w2.clone(), true);
-    client.wait_for(&{
-        let mut e = w2.expected();
-        e.listeners.clear();
-        e.routes.clear();
-        e
-    }, WAIT)
-    .await
-    .unwrap();
+    client
+        .wait_for(
+            &{
+                let mut e = w2.expected();
+                e.listeners.clear();
+                e.routes.clear();
+                e
+            },
+            WAIT,
+        )
+        .await
+        .unwrap();
     assert_eq!(lds_sent(&client), before);
     // ...but a fixed one is.
     let mut w3 = w2.clone();
@@ -169,10 +206,16 @@ async fn nack_is_visible_in_syncz_and_metrics_and_not_resent() {
     cp.change(w3, true);
     let deadline = tokio::time::Instant::now() + WAIT;
     while lds_sent(&client) == before {
-        assert!(tokio::time::Instant::now() < deadline, "changed listener never sent");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "changed listener never sent"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(metric(&cp, "pilot_total_xds_rejects{type=\"lds\"}").await, Some(2.0));
+    assert_eq!(
+        metric(&cp, "pilot_total_xds_rejects{type=\"lds\"}").await,
+        Some(2.0)
+    );
 }
 
 #[tokio::test]
@@ -186,7 +229,10 @@ async fn reconnecting_clients_get_everything_again() {
     let second = sotw_client(cp.xds_addr, ClientOptions::default()).await;
     second.wait_for(&w.expected(), WAIT).await.unwrap();
     let s = wait_synced(&cp, &["CDS", "EDS", "LDS", "RDS"]).await;
-    assert_ne!(s[0]["connection"], conn1, "a new connection, and the old one is gone");
+    assert_ne!(
+        s[0]["connection"], conn1,
+        "a new connection, and the old one is gone"
+    );
     assert_eq!(metric(&cp, "pilot_xds ").await, Some(1.0));
 }
 
@@ -202,9 +248,12 @@ async fn delta_reconnect_with_initial_versions_resends_nothing_it_has() {
 
     // The mesh changes while the client is away: one endpoint set and one cluster removed.
     let mut w2 = w.clone();
-    w2.clusters.remove("outbound|9080||ratings.default.svc.cluster.local");
     w2.clusters
-        .insert("outbound|9080||reviews.default.svc.cluster.local".into(), vec![7]);
+        .remove("outbound|9080||ratings.default.svc.cluster.local");
+    w2.clusters.insert(
+        "outbound|9080||reviews.default.svc.cluster.local".into(),
+        vec![7],
+    );
     cp.change(w2.clone(), true);
 
     let again = delta_client(cp.xds_addr, ClientOptions::default(), Some(held)).await;
@@ -218,7 +267,11 @@ async fn delta_reconnect_with_initial_versions_resends_nothing_it_has() {
     };
     assert_eq!(sent(XdsType::Cluster), (0, 1), "only the removal: {log:?}");
     assert_eq!(sent(XdsType::Listener), (0, 0), "{log:?}");
-    assert_eq!(sent(XdsType::Endpoint).0, 1, "only the changed endpoints: {log:?}");
+    assert_eq!(
+        sent(XdsType::Endpoint).0,
+        1,
+        "only the changed endpoints: {log:?}"
+    );
 }
 
 #[tokio::test]
@@ -341,12 +394,18 @@ async fn monitoring_endpoints() {
     }
     let row = lines.next().unwrap();
     assert!(row.starts_with("reviews-v1-abc.default"), "{text}");
-    assert!(row.contains("delta") && row.contains("SYNCED") && row.contains("NOT SENT"), "{text}");
+    assert!(
+        row.contains("delta") && row.contains("SYNCED") && row.contains("NOT SENT"),
+        "{text}"
+    );
 
     // config_dump: Envoy's ConfigDump JSON, by node id or pod.namespace.
     for id in ["reviews-v1-abc.default", NODE_ID] {
         let (status, body) = cp
-            .get(&format!("/debug/config_dump?proxyID={}", id.replace('|', "%7C")))
+            .get(&format!(
+                "/debug/config_dump?proxyID={}",
+                id.replace('|', "%7C")
+            ))
             .await;
         assert_eq!(status, 200, "{body}");
         let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -371,14 +430,17 @@ async fn monitoring_endpoints() {
         );
         let eds = &configs[4]["dynamicEndpointConfigs"];
         assert_eq!(
-            eds[1]["endpointConfig"]["endpoints"][0]["lbEndpoints"][1]["endpoint"]["address"]
-                ["socketAddress"]["portValue"],
+            eds[1]["endpointConfig"]["endpoints"][0]["lbEndpoints"][1]["endpoint"]["address"]["socketAddress"]
+                ["portValue"],
             9081
         );
     }
     let (status, body) = cp.get("/debug/config_dump?proxyID=nobody.nowhere").await;
     assert_eq!(status, 404);
-    assert!(body.contains("nobody.nowhere") && body.contains("not connected"), "{body}");
+    assert!(
+        body.contains("nobody.nowhere") && body.contains("not connected"),
+        "{body}"
+    );
     assert_eq!(cp.get("/debug/config_dump").await.0, 400);
 
     let (status, body) = cp.get("/debug/connections").await;
@@ -401,7 +463,10 @@ async fn monitoring_endpoints() {
     ] {
         assert!(body.contains(name), "{name} missing:\n{body}");
     }
-    assert!(!body.contains(".."), "help texts end in one period:\n{body}");
+    assert!(
+        !body.contains(".."),
+        "help texts end in one period:\n{body}"
+    );
     // Labelled families appear with their first sample, as in Istio.
     assert!(!body.contains("pilot_total_xds_rejects"), "{body}");
     assert_eq!(cp.get("/nope").await.0, 404);
@@ -416,7 +481,10 @@ async fn shutdown_ends_streams() {
     cp.shutdown.cancel();
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cp.server.registry().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "streams still open after shutdown");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "streams still open after shutdown"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -7,10 +7,12 @@ use std::time::SystemTime;
 
 use envoy_types::pb::envoy::admin::v3::{
     ClustersConfigDump, ConfigDump, EndpointsConfigDump, ListenersConfigDump, RoutesConfigDump,
-    SecretsConfigDump, clusters_config_dump::DynamicCluster,
+    SecretsConfigDump,
+    clusters_config_dump::DynamicCluster,
     endpoints_config_dump::DynamicEndpointConfig,
     listeners_config_dump::{DynamicListener, DynamicListenerState},
-    routes_config_dump::DynamicRouteConfig, secrets_config_dump::DynamicSecret,
+    routes_config_dump::DynamicRouteConfig,
+    secrets_config_dump::DynamicSecret,
 };
 use envoy_types::pb::google::protobuf::{Any, Timestamp};
 use mesh_api::envoy_json::{EnvoyJsonError, message_to_json, to_any};
@@ -20,7 +22,9 @@ use crate::xds::resources::ProxyResources;
 use crate::xds::subscription::Subscription;
 
 fn timestamp(at: SystemTime) -> Timestamp {
-    let d = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let d = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     Timestamp {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),

@@ -104,13 +104,37 @@ impl Metrics {
             push_triggers: Family::default(),
             debounce_time: Histogram::new(CONVERGENCE_BUCKETS),
         };
-        registry.register("pilot_xds", "Number of endpoints connected to this pilot using XDS", m.connected.clone());
-        registry.register("pilot_xds_pushes", "Pilot build and send errors for lds, rds, cds and eds", m.pushes.clone());
-        registry.register("pilot_total_xds_rejects", "Total number of XDS responses from pilot rejected by proxy", m.rejects.clone());
-        registry.register("pilot_xds_expired_nonce", "Total number of XDS requests with an expired nonce", m.expired_nonce.clone());
+        registry.register(
+            "pilot_xds",
+            "Number of endpoints connected to this pilot using XDS",
+            m.connected.clone(),
+        );
+        registry.register(
+            "pilot_xds_pushes",
+            "Pilot build and send errors for lds, rds, cds and eds",
+            m.pushes.clone(),
+        );
+        registry.register(
+            "pilot_total_xds_rejects",
+            "Total number of XDS responses from pilot rejected by proxy",
+            m.rejects.clone(),
+        );
+        registry.register(
+            "pilot_xds_expired_nonce",
+            "Total number of XDS requests with an expired nonce",
+            m.expired_nonce.clone(),
+        );
         registry.register("pilot_proxy_convergence_time", "Delay in seconds between config change and a proxy receiving all required configuration", m.convergence.clone());
-        registry.register("pilot_xds_push_time", "Total time in seconds Pilot takes to push lds, rds, cds and eds", m.push_time.clone());
-        registry.register("pilot_push_triggers", "Total number of times a push was triggered, labeled by reason for the push", m.push_triggers.clone());
+        registry.register(
+            "pilot_xds_push_time",
+            "Total time in seconds Pilot takes to push lds, rds, cds and eds",
+            m.push_time.clone(),
+        );
+        registry.register(
+            "pilot_push_triggers",
+            "Total number of times a push was triggered, labeled by reason for the push",
+            m.push_triggers.clone(),
+        );
         registry.register("pilot_debounce_time", "Delay in seconds between the first config enters debouncing and the merged push request is pushed into the push queue", m.debounce_time.clone());
         m
     }
@@ -140,17 +164,33 @@ mod tests {
     fn counters_have_istio_names() {
         let mut registry = Registry::default();
         let m = Metrics::new(&mut registry);
-        m.pushes.get_or_create(&TypeLabel::xds(XdsType::Cluster)).inc();
-        m.rejects.get_or_create(&TypeLabel::xds(XdsType::Listener)).inc();
+        m.pushes
+            .get_or_create(&TypeLabel::xds(XdsType::Cluster))
+            .inc();
+        m.rejects
+            .get_or_create(&TypeLabel::xds(XdsType::Listener))
+            .inc();
         m.connected.set(3);
         m.convergence.observe(0.2);
         let text = encode_text(&registry).unwrap();
         assert!(text.contains("# TYPE pilot_xds_pushes counter\n"), "{text}");
-        assert!(text.contains("pilot_xds_pushes{type=\"cds\"} 1\n"), "{text}");
-        assert!(text.contains("pilot_total_xds_rejects{type=\"lds\"} 1\n"), "{text}");
+        assert!(
+            text.contains("pilot_xds_pushes{type=\"cds\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pilot_total_xds_rejects{type=\"lds\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("pilot_xds 3\n"), "{text}");
-        assert!(text.contains("pilot_proxy_convergence_time_bucket{le=\"0.5\"} 1\n"), "{text}");
-        assert!(text.contains("pilot_proxy_convergence_time_bucket{le=\"30.0\"} 1\n"), "{text}");
+        assert!(
+            text.contains("pilot_proxy_convergence_time_bucket{le=\"0.5\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pilot_proxy_convergence_time_bucket{le=\"30.0\"} 1\n"),
+            "{text}"
+        );
         assert!(!text.contains("_total{"), "{text}");
         assert!(!text.contains("# EOF"), "{text}");
     }

@@ -138,7 +138,10 @@ impl Monitoring {
                 if self.ready.load(Ordering::Acquire) {
                     text(StatusCode::OK, "ready\n".into())
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready: loading config\n".into())
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: loading config\n".into(),
+                    )
                 }
             }
             "/debug/syncz" => {
@@ -164,7 +167,10 @@ impl Monitoring {
         match metrics::encode_text(&self.registry) {
             Ok(body) => Response::builder()
                 .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+                .header(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
                 .body(Full::new(Bytes::from(body)))
                 .unwrap_or_default(),
             Err(err) => text(
@@ -178,8 +184,7 @@ impl Monitoring {
         let Some(id) = query.get("proxyID").filter(|s| !s.is_empty()) else {
             return text(
                 StatusCode::BAD_REQUEST,
-                "config_dump needs ?proxyID=<node id or pod.namespace> (see /debug/syncz)\n"
-                    .into(),
+                "config_dump needs ?proxyID=<node id or pod.namespace> (see /debug/syncz)\n".into(),
             );
         };
         let Some(conn) = self.xds.registry().find(id) else {

@@ -100,7 +100,10 @@ pub fn render_text(entries: &[ProxySync]) -> String {
             let t = &e.types[ty.column()];
             let mut cell = t.status.as_str().to_string();
             if t.sync.nack.as_ref().is_some_and(|n| {
-                t.sync.sent.as_ref().is_some_and(|s| s.stamp.nonce == n.nonce)
+                t.sync
+                    .sent
+                    .as_ref()
+                    .is_some_and(|s| s.stamp.nonce == n.nonce)
             }) {
                 cell.push_str(" (NACK)");
             }

@@ -78,10 +78,10 @@ pub async fn debounce(
                     }
                     None => (req, now, now),
                 });
-                if config.after.is_zero() {
-                    if let Some((req, _, _)) = pending.take() {
-                        push(req);
-                    }
+                if config.after.is_zero()
+                    && let Some((req, _, _)) = pending.take()
+                {
+                    push(req);
                 }
             }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
@@ -112,14 +112,12 @@ mod tests {
         }
     }
 
+    type Pushes = Arc<Mutex<Vec<(Duration, PushRequest)>>>;
+
     /// Runs the debouncer and returns (elapsed since start, request) for each push.
     fn start(
         config: DebounceConfig,
-    ) -> (
-        broadcast::Sender<ConfigEvent>,
-        Arc<Mutex<Vec<(Duration, PushRequest)>>>,
-        CancellationToken,
-    ) {
+    ) -> (broadcast::Sender<ConfigEvent>, Pushes, CancellationToken) {
         let (tx, rx) = broadcast::channel(64);
         let pushes = Arc::new(Mutex::new(Vec::new()));
         let out = pushes.clone();
@@ -180,7 +178,10 @@ mod tests {
         let times: Vec<_> = pushes.lock().iter().map(|(t, _)| *t).collect();
         assert_eq!(times.len(), 2, "{times:?}");
         assert_eq!(times[0], Duration::from_secs(10));
-        assert!(times[1] >= Duration::from_secs(20) && times[1] <= Duration::from_millis(20_050), "{times:?}");
+        assert!(
+            times[1] >= Duration::from_secs(20) && times[1] <= Duration::from_millis(20_050),
+            "{times:?}"
+        );
         stop.cancel();
     }
 
@@ -209,7 +210,10 @@ mod tests {
         let s = stop.clone();
         tokio::spawn(async move {
             let metrics = Metrics::unregistered();
-            debounce(rx, DebounceConfig::default(), &metrics, s, |r| out.lock().push(r)).await;
+            debounce(rx, DebounceConfig::default(), &metrics, s, |r| {
+                out.lock().push(r)
+            })
+            .await;
         });
         tokio::time::sleep(200 * MS).await;
         let p = pushes.lock();

@@ -342,14 +342,19 @@ mod tests {
     fn wildcard_sends_only_changes() {
         let mut d = DeltaStream::new();
         let mut st = SyncStatus::default();
-        let now = Now::now();
+        let now = Now::read();
         let res = clusters(&[("a", "1"), ("b", "1")]);
         let r = d
             .on_request(&req(XdsType::Cluster, &[], &[], ""), &res, &mut st, now)
             .response
             .unwrap();
         assert_eq!(names(&r), ["a", "b"]);
-        let h = d.on_request(&req(XdsType::Cluster, &[], &[], &r.nonce), &res, &mut st, now);
+        let h = d.on_request(
+            &req(XdsType::Cluster, &[], &[], &r.nonce),
+            &res,
+            &mut st,
+            now,
+        );
         assert_eq!(h.ack, AckKind::Ack);
         assert!(h.response.is_none());
         assert_eq!(st.get(XdsType::Cluster).state(), SyncState::Synced);
@@ -367,13 +372,22 @@ mod tests {
     #[test]
     fn reconnect_with_initial_versions_skips_what_client_has() {
         let res = clusters(&[("a", "1"), ("b", "1")]);
-        let va = res.get(XdsType::Cluster).get("a").unwrap().version.to_string();
+        let va = res
+            .get(XdsType::Cluster)
+            .get("a")
+            .unwrap()
+            .version
+            .to_string();
         let mut r = req(XdsType::Cluster, &["*"], &[], "");
         r.initial_resource_versions.insert("a".into(), va);
-        r.initial_resource_versions.insert("gone".into(), "x".into());
+        r.initial_resource_versions
+            .insert("gone".into(), "x".into());
         let mut d = DeltaStream::new();
         let mut st = SyncStatus::default();
-        let resp = d.on_request(&r, &res, &mut st, Now::now()).response.unwrap();
+        let resp = d
+            .on_request(&r, &res, &mut st, Now::read())
+            .response
+            .unwrap();
         assert_eq!(names(&resp), ["b"]);
         assert_eq!(resp.removed_resources, ["gone"]);
     }
@@ -383,21 +397,40 @@ mod tests {
         let res = clusters(&[("a", "1"), ("b", "1")]);
         let mut d = DeltaStream::new();
         let mut st = SyncStatus::default();
-        let now = Now::now();
+        let now = Now::read();
         let r = d
-            .on_request(&req(XdsType::Endpoint, &["a", "nope"], &[], ""), &res, &mut st, now)
+            .on_request(
+                &req(XdsType::Endpoint, &["a", "nope"], &[], ""),
+                &res,
+                &mut st,
+                now,
+            )
             .response
             .unwrap();
         assert_eq!(names(&r), ["a"]);
-        assert_eq!(r.removed_resources, ["nope"], "a missing name is reported removed");
+        assert_eq!(
+            r.removed_resources,
+            ["nope"],
+            "a missing name is reported removed"
+        );
         // Re-subscribing to a, which the client has: sent anyway. With a stale nonce too.
         let r2 = d
-            .on_request(&req(XdsType::Endpoint, &["b"], &[], "999"), &res, &mut st, now)
+            .on_request(
+                &req(XdsType::Endpoint, &["b"], &[], "999"),
+                &res,
+                &mut st,
+                now,
+            )
             .response
             .unwrap();
         assert_eq!(names(&r2), ["b"]);
         // Unsubscribe: no response; a later change of b is not sent.
-        let h = d.on_request(&req(XdsType::Endpoint, &[], &["b"], &r2.nonce), &res, &mut st, now);
+        let h = d.on_request(
+            &req(XdsType::Endpoint, &[], &["b"], &r2.nonce),
+            &res,
+            &mut st,
+            now,
+        );
         assert!(h.response.is_none());
         let res2 = clusters(&[("a", "1"), ("b", "2")]);
         assert!(d.on_push(&res2, TypeSet::ALL, &mut st, now).is_empty());
@@ -412,10 +445,20 @@ mod tests {
         let res = clusters(&[("a", "1")]);
         let mut d = DeltaStream::new();
         let mut st = SyncStatus::default();
-        let now = Now::now();
-        d.on_request(&req(XdsType::Cluster, &["*", "a", "x"], &[], ""), &res, &mut st, now);
+        let now = Now::read();
+        d.on_request(
+            &req(XdsType::Cluster, &["*", "a", "x"], &[], ""),
+            &res,
+            &mut st,
+            now,
+        );
         let r = d
-            .on_request(&req(XdsType::Cluster, &[], &["a", "x"], ""), &res, &mut st, now)
+            .on_request(
+                &req(XdsType::Cluster, &[], &["a", "x"], ""),
+                &res,
+                &mut st,
+                now,
+            )
             .response
             .unwrap();
         assert_eq!(names(&r), ["a"]);
@@ -427,7 +470,7 @@ mod tests {
         let res = clusters(&[("a", "1")]);
         let mut d = DeltaStream::new();
         let mut st = SyncStatus::default();
-        let now = Now::now();
+        let now = Now::read();
         let r = d
             .on_request(&req(XdsType::Cluster, &[], &[], ""), &res, &mut st, now)
             .response

@@ -45,7 +45,9 @@ impl TypeResources {
                 continue;
             }
             if items.contains_key(&name) {
-                problems.push(format!("{ty} resource {name:?} generated twice, kept the first"));
+                problems.push(format!(
+                    "{ty} resource {name:?} generated twice, kept the first"
+                ));
                 continue;
             }
             let version: Arc<str> = hex(fnv1a(FNV_OFFSET, &resource.value)).into();
@@ -195,7 +197,10 @@ mod tests {
     fn versions_are_content_hashes() {
         let (a, p) = TypeResources::new(
             XdsType::Cluster,
-            vec![named(XdsType::Cluster, "a", "x"), named(XdsType::Cluster, "b", "x")],
+            vec![
+                named(XdsType::Cluster, "a", "x"),
+                named(XdsType::Cluster, "b", "x"),
+            ],
         );
         assert!(p.is_empty());
         assert_eq!(a.get("a").unwrap().version, a.get("b").unwrap().version);
@@ -209,10 +214,14 @@ mod tests {
     #[test]
     fn set_version_tracks_membership_and_content() {
         let all = Subscription::wildcard();
-        let (one, _) = TypeResources::new(XdsType::Cluster, vec![named(XdsType::Cluster, "a", "x")]);
+        let (one, _) =
+            TypeResources::new(XdsType::Cluster, vec![named(XdsType::Cluster, "a", "x")]);
         let (two, _) = TypeResources::new(
             XdsType::Cluster,
-            vec![named(XdsType::Cluster, "a", "x"), named(XdsType::Cluster, "b", "x")],
+            vec![
+                named(XdsType::Cluster, "a", "x"),
+                named(XdsType::Cluster, "b", "x"),
+            ],
         );
         assert_ne!(one.version_for(&all), two.version_for(&all));
         let only_a = Subscription::names_of(["a"]);

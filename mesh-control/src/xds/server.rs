@@ -167,7 +167,10 @@ impl XdsServer {
             Ok(Some(req)) => req,
             Ok(None) => return,
             Err(status) => {
-                debug!(?peer, "ads stream closed before its first request: {status}");
+                debug!(
+                    ?peer,
+                    "ads stream closed before its first request: {status}"
+                );
                 return;
             }
         };
@@ -203,7 +206,11 @@ impl XdsServer {
             conn.resources.store(Some(initial));
 
             let mut machine = V::default();
-            if self.on_request(&conn, &mut machine, first, &tx).await.is_err() {
+            if self
+                .on_request(&conn, &mut machine, first, &tx)
+                .await
+                .is_err()
+            {
                 return;
             }
             loop {
@@ -239,7 +246,7 @@ impl XdsServer {
         let res = conn.resources.load_full().unwrap_or_default();
         let handled = {
             let mut status = conn.status.lock();
-            machine.on_request(&req, &res, &mut status, Now::now())
+            machine.on_request(&req, &res, &mut status, Now::read())
         };
         let label = handled.ty.map(TypeLabel::xds);
         match &handled.ack {
@@ -247,13 +254,19 @@ impl XdsServer {
                 if let Some(label) = &label {
                     self.metrics.rejects.get_or_create(label).inc();
                 }
-                warn!(type_url = V::type_url(&req), "proxy rejected config: {message}");
+                warn!(
+                    type_url = V::type_url(&req),
+                    "proxy rejected config: {message}"
+                );
             }
             AckKind::Stale => {
                 if let Some(label) = &label {
                     self.metrics.expired_nonce.get_or_create(label).inc();
                 }
-                debug!(type_url = V::type_url(&req), "request with an expired nonce ignored");
+                debug!(
+                    type_url = V::type_url(&req),
+                    "request with an expired nonce ignored"
+                );
             }
             AckKind::Ignored => debug!(type_url = V::type_url(&req), "type not served"),
             kind => debug!(type_url = V::type_url(&req), ?kind, "request"),
@@ -277,7 +290,7 @@ impl XdsServer {
         conn.resources.store(Some(cmd.resources.clone()));
         let out = {
             let mut status = conn.status.lock();
-            machine.on_push(&cmd.resources, cmd.types, &mut status, Now::now())
+            machine.on_push(&cmd.resources, cmd.types, &mut status, Now::read())
         };
         if out.is_empty() {
             return Ok(());
@@ -417,7 +430,11 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(self.0.clone().run_stream::<SotwStream>(request.into_inner(), tx, peer));
+        tokio::spawn(
+            self.0
+                .clone()
+                .run_stream::<SotwStream>(request.into_inner(), tx, peer),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -427,7 +444,11 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(self.0.clone().run_stream::<DeltaStream>(request.into_inner(), tx, peer));
+        tokio::spawn(
+            self.0
+                .clone()
+                .run_stream::<DeltaStream>(request.into_inner(), tx, peer),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -78,7 +78,10 @@ impl SotwStream {
         let (ack, respond) = if req.response_nonce.is_empty() {
             // Opening (or reopening after a reconnect) the type: always answer.
             state.sub.apply_sotw(ty, &req.resource_names);
-            (AckKind::Initial, !state.sub.is_empty() || ty.supports_wildcard())
+            (
+                AckKind::Initial,
+                !state.sub.is_empty() || ty.supports_wildcard(),
+            )
         } else if state.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
             return Handled {
                 ty: Some(ty),
@@ -260,7 +263,7 @@ mod tests {
         let res = resources(&[("a", "1"), ("b", "1")], &[]);
         let mut s = SotwStream::new();
         let mut st = SyncStatus::default();
-        let now = Now::now();
+        let now = Now::read();
 
         let h = s.on_request(&req(XdsType::Cluster, &[], "", ""), &res, &mut st, now);
         assert_eq!(h.ack, AckKind::Initial);
@@ -296,7 +299,10 @@ mod tests {
         });
         let h = s.on_request(&nack, &res2, &mut st, now);
         assert_eq!(h.ack, AckKind::Nack("cluster a: bad lb_policy".into()));
-        assert!(h.response.is_none(), "a NACK is not answered with the same config");
+        assert!(
+            h.response.is_none(),
+            "a NACK is not answered with the same config"
+        );
         let t = st.get(XdsType::Cluster);
         assert_eq!(t.state(), SyncState::Stale);
         assert_eq!(t.nack.as_ref().unwrap().message, "cluster a: bad lb_policy");
@@ -319,7 +325,7 @@ mod tests {
         let res = resources(&[], &[("a", "1"), ("b", "1"), ("c", "1")]);
         let mut s = SotwStream::new();
         let mut st = SyncStatus::default();
-        let now = Now::now();
+        let now = Now::read();
 
         let r = s
             .on_request(&req(XdsType::Endpoint, &["a"], "", ""), &res, &mut st, now)
@@ -348,12 +354,15 @@ mod tests {
         let res = resources(&[("a", "1")], &[("a", "1")]);
         let mut s = SotwStream::new();
         let mut st = SyncStatus::default();
-        let now = Now::now();
+        let now = Now::read();
         s.on_request(&req(XdsType::Endpoint, &["a"], "", ""), &res, &mut st, now);
         s.on_request(&req(XdsType::Cluster, &[], "", ""), &res, &mut st, now);
         let res2 = resources(&[("a", "2")], &[("a", "2")]);
         let eds_only = s.on_push(&res2, TypeSet::ENDPOINTS, &mut st, now);
-        assert_eq!(eds_only.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [XdsType::Endpoint]);
+        assert_eq!(
+            eds_only.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            [XdsType::Endpoint]
+        );
         let res3 = resources(&[("a", "3")], &[("a", "3")]);
         let full = s.on_push(&res3, TypeSet::ALL, &mut st, now);
         assert_eq!(
@@ -369,7 +378,15 @@ mod tests {
         let mut st = SyncStatus::default();
         let mut r = req(XdsType::Cluster, &[], "", "");
         r.type_url = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig".into();
-        assert!(s.on_request(&r, &res, &mut st, Now::now()).response.is_some());
-        assert!(s.on_request(&r, &res, &mut st, Now::now()).response.is_none());
+        assert!(
+            s.on_request(&r, &res, &mut st, Now::read())
+                .response
+                .is_some()
+        );
+        assert!(
+            s.on_request(&r, &res, &mut st, Now::read())
+                .response
+                .is_none()
+        );
     }
 }

@@ -43,7 +43,7 @@ pub struct Now {
 }
 
 impl Now {
-    pub fn now() -> Now {
+    pub fn read() -> Now {
         Now {
             instant: Instant::now(),
             wall: WallTime::now(),
@@ -165,7 +165,13 @@ impl TypeSync {
         });
     }
 
-    pub(crate) fn record_nack(&mut self, version: String, nonce: String, message: String, now: Now) {
+    pub(crate) fn record_nack(
+        &mut self,
+        version: String,
+        nonce: String,
+        message: String,
+        now: Now,
+    ) {
         self.nack = Some(Nack {
             version,
             nonce,
@@ -199,7 +205,7 @@ mod tests {
     fn states_follow_istioctl() {
         let mut t = TypeSync::default();
         assert_eq!(t.state(), SyncState::NotSent);
-        let now = Now::now();
+        let now = Now::read();
         t.record_sent("v1".into(), "1".into(), 3, 0, now);
         assert_eq!(t.state(), SyncState::Stale);
         t.record_ack("v1".into(), "1".into(), now);
@@ -215,6 +221,9 @@ mod tests {
     fn wall_time_is_rfc3339() {
         let t = WallTime(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_500));
         assert_eq!(t.to_string(), "1970-01-01T00:00:01.500Z");
-        assert_eq!(serde_json::to_string(&SyncState::NotSent).unwrap(), "\"NOT SENT\"");
+        assert_eq!(
+            serde_json::to_string(&SyncState::NotSent).unwrap(),
+            "\"NOT SENT\""
+        );
     }
 }

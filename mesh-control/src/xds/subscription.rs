@@ -199,22 +199,31 @@ mod tests {
         let mut s = Subscription::initial();
         s.apply_delta(XdsType::Cluster, true, &[], &[]).unwrap();
         assert!(s.is_wildcard());
-        let c = s.apply_delta(XdsType::Cluster, false, &v(&["A"]), &[]).unwrap();
+        let c = s
+            .apply_delta(XdsType::Cluster, false, &v(&["A"]), &[])
+            .unwrap();
         assert_eq!(c.added, v(&["A"]));
         assert!(s.is_wildcard(), "naming A keeps the wildcard in delta");
-        let c = s.apply_delta(XdsType::Cluster, false, &[], &v(&["*"])).unwrap();
+        let c = s
+            .apply_delta(XdsType::Cluster, false, &[], &v(&["*"]))
+            .unwrap();
         assert!(c.lost_wildcard);
         assert!(s.selects("A") && !s.selects("B"));
-        s.apply_delta(XdsType::Cluster, false, &[], &v(&["A"])).unwrap();
+        s.apply_delta(XdsType::Cluster, false, &[], &v(&["A"]))
+            .unwrap();
         assert!(s.is_empty());
         // Phantom unsubscribes are fine.
-        assert!(s.apply_delta(XdsType::Cluster, false, &[], &v(&["zzz"])).is_none());
+        assert!(
+            s.apply_delta(XdsType::Cluster, false, &[], &v(&["zzz"]))
+                .is_none()
+        );
     }
 
     #[test]
     fn delta_explicit_wildcard() {
         let mut s = Subscription::initial();
-        s.apply_delta(XdsType::Listener, true, &v(&["*"]), &[]).unwrap();
+        s.apply_delta(XdsType::Listener, true, &v(&["*"]), &[])
+            .unwrap();
         assert!(s.is_wildcard());
         assert_eq!(s.describe(), "*");
     }

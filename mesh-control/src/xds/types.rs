@@ -39,7 +39,9 @@ impl XdsType {
     }
 
     pub fn from_type_url(url: &str) -> Option<XdsType> {
-        XdsType::PUSH_ORDER.into_iter().find(|t| t.type_url() == url)
+        XdsType::PUSH_ORDER
+            .into_iter()
+            .find(|t| t.type_url() == url)
     }
 
     /// Istio's short name, used as the `type` label of the `pilot_*` metrics.

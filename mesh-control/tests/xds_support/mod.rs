@@ -3,7 +3,7 @@
 //! and delta) that behave like Envoy: they ACK, subscribe EDS to the clusters CDS gave them
 //! and RDS to the route configs their listeners name, and keep the resources they hold.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -197,7 +197,8 @@ impl FakeGenerator {
 
 impl Generator for FakeGenerator {
     fn generate(&self, _proxy: &Proxy) -> Generated {
-        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.world.load().generate()
     }
 }
@@ -232,8 +233,12 @@ impl ControlPlane {
             Box::new(|| serde_json::json!({"resources": []})),
         );
         monitoring.set_ready(true);
-        let xds_listener = XdsServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let mon_listener = Monitoring::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let xds_listener = XdsServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let mon_listener = Monitoring::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let xds_addr = xds_listener.local_addr().unwrap();
         let monitoring_addr = mon_listener.local_addr().unwrap();
         tokio::spawn(server.clone().serve(xds_listener));
@@ -279,7 +284,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text[9..12].parse().unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -349,7 +357,11 @@ fn resource_name(ty: XdsType, any: &Any) -> String {
                 .cluster_name
         }
         XdsType::Listener => Listener::decode(any.value.as_slice()).unwrap().name,
-        XdsType::Route => RouteConfiguration::decode(any.value.as_slice()).unwrap().name,
+        XdsType::Route => {
+            RouteConfiguration::decode(any.value.as_slice())
+                .unwrap()
+                .name
+        }
         XdsType::Secret => unreachable!(),
     }
 }
@@ -548,7 +560,9 @@ pub async fn delta_client(
         ..Default::default()
     };
     tx.send(open(XdsType::Cluster, true, vec![])).await.unwrap();
-    tx.send(open(XdsType::Listener, false, vec![])).await.unwrap();
+    tx.send(open(XdsType::Listener, false, vec![]))
+        .await
+        .unwrap();
     // A reconnecting client re-subscribes to what it had.
     for (ty, held) in [
         (XdsType::Endpoint, &initial.holdings.clusters),
@@ -629,7 +643,11 @@ pub async fn delta_client(
 fn apply_delta(s: &mut ClientState, ty: XdsType, resp: &DeltaDiscoveryResponse) {
     for r in &resp.resources {
         let any = r.resource.as_ref().unwrap();
-        assert_eq!(resource_name(ty, any), r.name, "delta resource name matches its body");
+        assert_eq!(
+            resource_name(ty, any),
+            r.name,
+            "delta resource name matches its body"
+        );
         s.holdings.of(ty).insert(r.name.clone(), any.value.clone());
         s.versions
             .entry(ty)
