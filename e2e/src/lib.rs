@@ -1,1 +1,3 @@
-//! End-to-end scenarios and the local cluster.
+//! End-to-end scenarios and the local cluster: the test workload ([`testapp`]).
+
+pub mod testapp;
