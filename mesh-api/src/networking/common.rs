@@ -122,11 +122,23 @@ pub struct HeaderOperations {
     pub remove: Vec<String>,
 }
 
-/// Istio `WorkloadSelector` (networking and type/v1beta1): pods by label.
+/// Istio `type.v1beta1.WorkloadSelector` (DestinationRule, security and telemetry
+/// policies): pods by `matchLabels`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct WorkloadSelector {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// Istio's networking `WorkloadSelector` (ServiceEntry, Sidecar): pods by `labels`.
+///
+/// The Rust field is `match_labels` like [`WorkloadSelector`]'s so that code reading either
+/// selector looks the same; the JSON name is Istio's `labels`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct WorkloadLabelSelector {
+    #[serde(rename = "labels", skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
 }
 

@@ -5,7 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::WorkloadSelector;
+use super::common::WorkloadLabelSelector;
 use super::workload_entry::WorkloadEntrySpec;
 use crate::status::IstioStatus;
 
@@ -45,7 +45,7 @@ pub struct ServiceEntrySpec {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<WorkloadEntrySpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub workload_selector: Option<WorkloadSelector>,
+    pub workload_selector: Option<WorkloadLabelSelector>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -5,7 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Destination, WorkloadSelector};
+use super::common::{Destination, WorkloadLabelSelector};
 use super::destination_rule::ConnectionPoolSettings;
 use super::gateway::ServerTlsSettings;
 use crate::status::IstioStatus;
@@ -28,7 +28,7 @@ use crate::status::IstioStatus;
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct SidecarSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub workload_selector: Option<WorkloadSelector>,
+    pub workload_selector: Option<WorkloadLabelSelector>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<IstioIngressListener>,
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -18,7 +18,7 @@ pub(crate) use telemetry::telemetry;
 
 use crate::document::FieldError;
 use crate::duration::Duration;
-use crate::networking::{Percent, StringMatch, WorkloadSelector};
+use crate::networking::{Percent, StringMatch, WorkloadLabelSelector, WorkloadSelector};
 
 /// Collects errors with their paths.
 #[derive(Debug, Default)]
@@ -239,11 +239,27 @@ pub fn check_label_value(value: &str) -> Result<(), String> {
 }
 
 pub fn check_workload_selector(errs: &mut Errors, path: &str, selector: &WorkloadSelector) {
-    check_labels(errs, &format!("{path}.matchLabels"), &selector.match_labels);
-    for (k, v) in &selector.match_labels {
+    check_selector_labels(errs, &format!("{path}.matchLabels"), &selector.match_labels);
+}
+
+pub fn check_workload_label_selector(
+    errs: &mut Errors,
+    path: &str,
+    selector: &WorkloadLabelSelector,
+) {
+    check_selector_labels(errs, &format!("{path}.labels"), &selector.match_labels);
+}
+
+fn check_selector_labels(
+    errs: &mut Errors,
+    path: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) {
+    check_labels(errs, path, labels);
+    for (k, v) in labels {
         if v.contains('*') {
             errs.add(
-                format!("{path}.matchLabels[{k}]"),
+                format!("{path}[{k}]"),
                 "wildcards are not allowed in label values",
             );
         }

@@ -1229,7 +1229,7 @@ pub(crate) fn service_entry(spec: &ServiceEntrySpec) -> Vec<FieldError> {
         );
     }
     if let Some(ws) = &spec.workload_selector {
-        check_workload_selector(&mut errs, "spec.workloadSelector", ws);
+        check_workload_label_selector(&mut errs, "spec.workloadSelector", ws);
     }
     match resolution {
         Resolution::None if !spec.endpoints.is_empty() => {
@@ -1338,7 +1338,7 @@ pub(crate) fn sidecar(spec: &SidecarSpec) -> Vec<FieldError> {
         errs.add("spec", "sidecar: empty configuration provided");
     }
     if let Some(ws) = &spec.workload_selector {
-        check_workload_selector(&mut errs, "spec.workloadSelector", ws);
+        check_workload_label_selector(&mut errs, "spec.workloadSelector", ws);
     }
     let mut ports = BTreeSet::new();
     for (i, ing) in spec.ingress.iter().enumerate() {
