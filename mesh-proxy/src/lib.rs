@@ -10,6 +10,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod drain;

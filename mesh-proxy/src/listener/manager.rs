@@ -125,7 +125,7 @@ impl Manager {
                     if desired.contains_key(&name) {
                         replaced.push(name.clone());
                     }
-                    self.retire(a);
+                    drop(self.retire(a));
                 }
             }
         }
@@ -196,8 +196,9 @@ impl Manager {
         Ok(Active { handle, trigger })
     }
 
-    /// Stops accepting and drains the listener's connections in the background.
-    fn retire(&self, a: Active) {
+    /// Stops accepting and drains the listener's connections in the background; the
+    /// task resolves to whether they all finished before the deadline.
+    fn retire(&self, a: Active) -> tokio::task::JoinHandle<bool> {
         let Active { handle, trigger } = a;
         handle.stop_accepting.cancel();
         let deadline = self.inner.drain_duration;
@@ -209,12 +210,14 @@ impl Manager {
         // The handle's runtime holds a watch; drop our reference so only connections do.
         drop(handle);
         tokio::spawn(async move {
-            if !trigger.drain_for(deadline).await {
+            let clean = trigger.drain_for(deadline).await;
+            if !clean {
                 info!(listener = %name, "drain deadline reached; closing remaining connections");
                 force.cancel();
             }
             stats.server.total_listeners_draining.dec();
-        });
+            clean
+        })
     }
 
     /// The active listeners and their bound addresses (admin `/listeners`).
@@ -232,8 +235,9 @@ impl Manager {
 
     /// `/drain_listeners`: stop accepting on every listener (inbound only if asked) and
     /// drain their connections; the listeners stay configured but closed.
-    pub fn drain_listeners(&self, inbound_only: bool) {
+    pub fn drain_listeners(&self, inbound_only: bool) -> Vec<tokio::task::JoinHandle<bool>> {
         let mut active = self.inner.active.lock();
+        let mut drains = Vec::new();
         let names: Vec<String> = active
             .iter()
             .filter(|(_, a)| {
@@ -245,16 +249,22 @@ impl Manager {
             .collect();
         for n in names {
             if let Some(a) = active.remove(&n) {
-                self.retire(a);
+                drains.push(self.retire(a));
             }
         }
         self.publish(&active);
+        drains
     }
 
-    /// Process shutdown: stop accepting everywhere and drain (the caller waits on the
-    /// process drain trigger, which covers every listener's connections).
-    pub fn shutdown(&self) {
-        self.drain_listeners(false);
+    /// Process shutdown: stop accepting everywhere, drain every listener's connections
+    /// for the drain duration (then close the rest). Returns whether all finished in time.
+    pub async fn shutdown(&self) -> bool {
+        let drains = self.drain_listeners(false);
+        let mut clean = true;
+        for d in drains {
+            clean &= d.await.unwrap_or(false);
+        }
+        clean
     }
 }
 
