@@ -113,11 +113,11 @@ pub fn format(d: std::time::Duration) -> String {
         return "0s".to_string();
     }
     for (unit, per) in [("h", 3_600_000_000_000u128), ("m", 60_000_000_000)] {
-        if nanos % per == 0 {
+        if nanos.is_multiple_of(per) {
             return format!("{}{unit}", nanos / per);
         }
     }
-    if nanos % 1_000_000_000 == 0 {
+    if nanos.is_multiple_of(1_000_000_000) {
         return format!("{}s", nanos / 1_000_000_000);
     }
     if nanos >= 1_000_000_000 {
@@ -125,10 +125,10 @@ pub fn format(d: std::time::Duration) -> String {
         let frac = format!("{:09}", nanos % 1_000_000_000);
         return format!("{secs}.{}s", frac.trim_end_matches('0'));
     }
-    if nanos % 1_000_000 == 0 {
+    if nanos.is_multiple_of(1_000_000) {
         return format!("{}ms", nanos / 1_000_000);
     }
-    if nanos % 1_000 == 0 {
+    if nanos.is_multiple_of(1_000) {
         return format!("{}us", nanos / 1_000);
     }
     format!("{nanos}ns")

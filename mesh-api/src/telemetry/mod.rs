@@ -1,8 +1,8 @@
 //! telemetry.istio.io: Telemetry, served as v1alpha1 and v1 with one Rust type.
 
-mod telemetry;
+mod resource;
 
-pub use telemetry::*;
+pub use resource::*;
 
 /// The API group.
 pub const GROUP: &str = "telemetry.istio.io";

@@ -60,10 +60,8 @@ fn walk(path: &str, value: &Value, schema: &Value, errors: &mut Vec<FieldError>)
             Value::String(s) => check_enum(path, &Value::String(s.clone()), schema, errors),
             _ => errors.push(type_error(path, "a string", value)),
         },
-        Some("boolean") => {
-            if !value.is_boolean() {
-                errors.push(type_error(path, "a boolean (true or false)", value));
-            }
+        Some("boolean") if !value.is_boolean() => {
+            errors.push(type_error(path, "a boolean (true or false)", value));
         }
         Some("integer") => match value.as_number() {
             Some(n) if n.is_i64() || n.is_u64() => check_range(path, value, schema, errors),

@@ -781,7 +781,10 @@ fn load_balancer(errs: &mut Errors, path: &str, lb: &LoadBalancerSettings) {
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 pub(crate) fn locality_lb(errs: &mut Errors, path: &str, l: &LocalityLbSetting) {
@@ -963,20 +966,18 @@ fn client_tls(errs: &mut Errors, path: &str, tls: &ClientTlsSettings) {
         || tls.private_key.is_some()
         || tls.ca_certificates.is_some();
     match mode {
-        ClientTlsMode::Disable | ClientTlsMode::IstioMutual => {
-            if has_files || tls.credential_name.is_some() {
-                errs.add(
-                    path,
-                    format!(
-                        "cannot specify certificates or credentialName when mode is {}",
-                        if mode == ClientTlsMode::Disable {
-                            "DISABLE"
-                        } else {
-                            "ISTIO_MUTUAL"
-                        }
-                    ),
-                );
-            }
+        ClientTlsMode::Disable | ClientTlsMode::IstioMutual
+            if has_files || tls.credential_name.is_some() =>
+        {
+            let mode = if mode == ClientTlsMode::Disable {
+                "DISABLE"
+            } else {
+                "ISTIO_MUTUAL"
+            };
+            errs.add(
+                path,
+                format!("cannot specify certificates or credentialName when mode is {mode}"),
+            );
         }
         ClientTlsMode::Mutual if tls.credential_name.is_none() => {
             if tls.client_certificate.is_none() {

@@ -130,9 +130,10 @@ fn source(errs: &mut Errors, path: &str, s: &Source) {
             }
         }
     }
-    if !(s.service_accounts.is_empty() && s.not_service_accounts.is_empty())
-        && !(s.principals.is_empty() && s.not_principals.is_empty())
-    {
+    let uses_service_accounts =
+        !s.service_accounts.is_empty() || !s.not_service_accounts.is_empty();
+    let uses_principals = !s.principals.is_empty() || !s.not_principals.is_empty();
+    if uses_service_accounts && uses_principals {
         errs.add(
             path,
             "serviceAccounts and principals cannot be used together",
