@@ -165,12 +165,21 @@ pub fn build(dump: &DumpState, node: &NodeInfo, xds_address: &str, delta: bool, 
 /// Renders a message as Envoy's JSON: proto field names (Envoy's admin output is
 /// snake_case), defaults omitted, `@type` on every `Any`.
 pub fn to_json<M: Message + Name>(m: &M) -> Result<Value, DumpError> {
+    render(m, true)
+}
+
+/// Like [`to_json`] but printing default values too (Envoy's `/server_info` does).
+pub fn to_json_with_defaults<M: Message + Name>(m: &M) -> Result<Value, DumpError> {
+    render(m, false)
+}
+
+fn render<M: Message + Name>(m: &M, skip_defaults: bool) -> Result<Value, DumpError> {
     let name = M::full_name();
     let desc = mesh_api::envoy_json::descriptor_pool()
         .get_message_by_name(&name)
         .ok_or_else(|| DumpError::Render(name.clone(), "not in the descriptor pool".into()))?;
     let dynamic = DynamicMessage::decode(desc, m.encode_to_vec().as_slice()).map_err(|e| DumpError::Render(name.clone(), e.to_string()))?;
-    let opts = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(true);
+    let opts = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(skip_defaults);
     dynamic.serialize_with_options(serde_json::value::Serializer, &opts).map_err(|e| DumpError::Render(name, e.to_string()))
 }
 

@@ -14,7 +14,7 @@ use envoy_types::pb::{
 };
 use serde_json::Value;
 
-use super::{AdminState, config_dump::{DumpError, to_json}};
+use super::{AdminState, config_dump::{DumpError, to_json, to_json_with_defaults}};
 use crate::{config::endpoint::HealthStatus, upstream::ResourceKind};
 
 pub(super) fn help() -> String {
@@ -217,7 +217,7 @@ pub(super) fn server_info(state: &AdminState) -> Result<Value, DumpError> {
     } else {
         State::PreInitializing
     };
-    to_json(&ServerInfo {
+    to_json_with_defaults(&ServerInfo {
         version: format!("mesh-proxy/{}/RELEASE", env!("CARGO_PKG_VERSION")),
         state: st as i32,
         uptime_current_epoch: Some(PbDuration { seconds: up, nanos: 0 }),
