@@ -35,12 +35,15 @@ fn table() -> RouteConfiguration {
     // One large host with 200 routes; the target is near the end.
     let mut routes = Vec::new();
     for j in 0..199 {
-        routes.push(json!({"match": {"prefix": format!("/path-{j}/")}, "route": {"cluster": "big"}}));
+        routes
+            .push(json!({"match": {"prefix": format!("/path-{j}/")}, "route": {"cluster": "big"}}));
     }
     routes.push(json!({"match": {"prefix": "/"}, "route": {"cluster": "big-default"}}));
     vhosts.push(json!({"name": "big", "domains": ["big.example.com"], "routes": routes}));
     vhosts.push(json!({"name": "allow_any", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "PassthroughCluster"}}]}));
-    let p: PbRoute = mesh_api::envoy_json::message_from_json(&json!({"name": "80", "virtual_hosts": vhosts})).unwrap();
+    let p: PbRoute =
+        mesh_api::envoy_json::message_from_json(&json!({"name": "80", "virtual_hosts": vhosts}))
+            .unwrap();
     RouteConfiguration::try_from(&p).unwrap()
 }
 
@@ -58,7 +61,14 @@ fn bench_routes(c: &mut Criterion) {
         let uri: Uri = path.parse().unwrap();
         c.bench_function(&format!("route_select {host}{path}"), |b| {
             b.iter(|| {
-                let view = RequestView { method: &Method::GET, uri: &uri, headers: &headers, authority: host, scheme: "http", random: 7 };
+                let view = RequestView {
+                    method: &Method::GET,
+                    uri: &uri,
+                    headers: &headers,
+                    authority: host,
+                    scheme: "http",
+                    random: 7,
+                };
                 std::hint::black_box(select(&rc, &view).map(|s| s.matched_len))
             })
         });
@@ -66,15 +76,31 @@ fn bench_routes(c: &mut Criterion) {
 }
 
 fn bench_format(c: &mut Criterion) {
-    let f = Formatter::parse("%REQ(x-request-id)% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %PROTOCOL% %START_TIME%").unwrap();
+    let f = Formatter::parse(
+        "%REQ(x-request-id)% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %PROTOCOL% %START_TIME%",
+    )
+    .unwrap();
     let log = Formatter::parse(mesh_proxy::accesslog::DEFAULT_FORMAT).unwrap();
     let mut h = HeaderMap::new();
-    h.insert("x-request-id", "0d4a2b9e-8f9c-4e1c-9a57-2d8f3c1b7e61".parse().unwrap());
+    h.insert(
+        "x-request-id",
+        "0d4a2b9e-8f9c-4e1c-9a57-2d8f3c1b7e61".parse().unwrap(),
+    );
     h.insert("user-agent", "curl/8.5".parse().unwrap());
     h.insert("host", "svc:80".parse().unwrap());
-    let info = StreamInfo::new("10.250.0.7:40000".parse().unwrap(), "10.251.0.1:80".parse().unwrap());
+    let info = StreamInfo::new(
+        "10.250.0.7:40000".parse().unwrap(),
+        "10.251.0.1:80".parse().unwrap(),
+    );
     let uri: Uri = "/api/v1/items".parse().unwrap();
-    let ctx = FormatCtx { method: &Method::GET, uri: &uri, req_headers: &h, resp_headers: Some(&h), resp_trailers: None, info: &info };
+    let ctx = FormatCtx {
+        method: &Method::GET,
+        uri: &uri,
+        req_headers: &h,
+        resp_headers: Some(&h),
+        resp_trailers: None,
+        info: &info,
+    };
     let mut out = String::with_capacity(512);
     c.bench_function("format header value (4 commands)", |b| {
         b.iter(|| {

@@ -42,8 +42,10 @@ pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-O
 \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
 
 const FILE_TYPE: &str = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
-const STDOUT_TYPE: &str = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
-const STDERR_TYPE: &str = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+const STDOUT_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
+const STDERR_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SinkKind {
@@ -68,7 +70,11 @@ pub struct AccessLogConfig {
 
 impl AccessLogConfig {
     pub fn new(sink: SinkKind, format: LogFormat) -> Self {
-        AccessLogConfig { sink, format, writer: OnceLock::new() }
+        AccessLogConfig {
+            sink,
+            format,
+            writer: OnceLock::new(),
+        }
     }
 
     /// The default access log (stdout, Envoy's default format).
@@ -79,26 +85,42 @@ impl AccessLogConfig {
 
     pub fn try_from_proto(a: &AccessLog) -> Result<Self, ConfigError> {
         if a.filter.is_some() {
-            return Err(ConfigError::field("filter", "access log filters are not supported"));
+            return Err(ConfigError::field(
+                "filter",
+                "access log filters are not supported",
+            ));
         }
         let any = match &a.config_type {
             Some(ConfigType::TypedConfig(any)) => any,
             None => return Err(ConfigError::field("typed_config", "is required")),
         };
-        let decode_err = |e: prost::DecodeError| ConfigError::field("typed_config", format!("cannot decode {}: {e}", any.type_url));
+        let decode_err = |e: prost::DecodeError| {
+            ConfigError::field(
+                "typed_config",
+                format!("cannot decode {}: {e}", any.type_url),
+            )
+        };
         let (sink, fmt) = match any.type_url.as_str() {
             FILE_TYPE => {
-                let f: FileAccessLog = prost::Message::decode(any.value.as_slice()).map_err(decode_err)?;
+                let f: FileAccessLog =
+                    prost::Message::decode(any.value.as_slice()).map_err(decode_err)?;
                 if f.path.is_empty() {
                     return Err(ConfigError::field("typed_config.path", "must not be empty"));
                 }
                 let fmt = match f.access_log_format {
                     None => None,
-                    Some(file_access_log::AccessLogFormat::Format(s)) => Some(LogFormat::Text(text(&s, "typed_config.format")?)),
-                    Some(file_access_log::AccessLogFormat::LogFormat(l)) => Some(substitution(&l, "typed_config.log_format")?),
+                    Some(file_access_log::AccessLogFormat::Format(s)) => {
+                        Some(LogFormat::Text(text(&s, "typed_config.format")?))
+                    }
+                    Some(file_access_log::AccessLogFormat::LogFormat(l)) => {
+                        Some(substitution(&l, "typed_config.log_format")?)
+                    }
                     Some(file_access_log::AccessLogFormat::JsonFormat(_))
                     | Some(file_access_log::AccessLogFormat::TypedJsonFormat(_)) => {
-                        return Err(ConfigError::field("typed_config.json_format", "use log_format.json_format"));
+                        return Err(ConfigError::field(
+                            "typed_config.json_format",
+                            "use log_format.json_format",
+                        ));
                     }
                 };
                 let sink = match f.path.as_str() {
@@ -109,23 +131,32 @@ impl AccessLogConfig {
                 (sink, fmt)
             }
             STDOUT_TYPE => {
-                let s: StdoutAccessLog = prost::Message::decode(any.value.as_slice()).map_err(decode_err)?;
+                let s: StdoutAccessLog =
+                    prost::Message::decode(any.value.as_slice()).map_err(decode_err)?;
                 let fmt = match s.access_log_format {
-                    Some(stdout_access_log::AccessLogFormat::LogFormat(l)) => Some(substitution(&l, "typed_config.log_format")?),
+                    Some(stdout_access_log::AccessLogFormat::LogFormat(l)) => {
+                        Some(substitution(&l, "typed_config.log_format")?)
+                    }
                     None => None,
                 };
                 (SinkKind::Stdout, fmt)
             }
             STDERR_TYPE => {
-                let s: StderrAccessLog = prost::Message::decode(any.value.as_slice()).map_err(decode_err)?;
+                let s: StderrAccessLog =
+                    prost::Message::decode(any.value.as_slice()).map_err(decode_err)?;
                 let fmt = match s.access_log_format {
-                    Some(stderr_access_log::AccessLogFormat::LogFormat(l)) => Some(substitution(&l, "typed_config.log_format")?),
+                    Some(stderr_access_log::AccessLogFormat::LogFormat(l)) => {
+                        Some(substitution(&l, "typed_config.log_format")?)
+                    }
                     None => None,
                 };
                 (SinkKind::Stderr, fmt)
             }
             other => {
-                return Err(ConfigError::field("typed_config", format!("access logger {:?} ({other}) is not supported", a.name)));
+                return Err(ConfigError::field(
+                    "typed_config",
+                    format!("access logger {:?} ({other}) is not supported", a.name),
+                ));
             }
         };
         let fmt = match fmt {
@@ -162,13 +193,24 @@ fn text(s: &str, field: &str) -> Result<Formatter, ConfigError> {
 
 fn substitution(l: &SubstitutionFormatString, field: &str) -> Result<LogFormat, ConfigError> {
     if !l.formatters.is_empty() {
-        return Err(ConfigError::field(format!("{field}.formatters"), "formatter extensions are not supported"));
+        return Err(ConfigError::field(
+            format!("{field}.formatters"),
+            "formatter extensions are not supported",
+        ));
     }
     match &l.format {
-        Some(Format::TextFormat(s)) => Ok(LogFormat::Text(text(s, &format!("{field}.text_format"))?)),
+        Some(Format::TextFormat(s)) => {
+            Ok(LogFormat::Text(text(s, &format!("{field}.text_format"))?))
+        }
         Some(Format::TextFormatSource(ds)) => match &ds.specifier {
-            Some(data_source::Specifier::InlineString(s)) => Ok(LogFormat::Text(text(s, &format!("{field}.text_format_source"))?)),
-            _ => Err(ConfigError::field(format!("{field}.text_format_source"), "only inline_string is supported")),
+            Some(data_source::Specifier::InlineString(s)) => Ok(LogFormat::Text(text(
+                s,
+                &format!("{field}.text_format_source"),
+            )?)),
+            _ => Err(ConfigError::field(
+                format!("{field}.text_format_source"),
+                "only inline_string is supported",
+            )),
         },
         Some(Format::JsonFormat(st)) => {
             let mut fields = Vec::new();
@@ -178,8 +220,15 @@ fn substitution(l: &SubstitutionFormatString, field: &str) -> Result<LogFormat, 
                 use envoy_types::pb::google::protobuf::value::Kind;
                 let v = &st.fields[k];
                 match &v.kind {
-                    Some(Kind::StringValue(s)) => fields.push((k.clone(), text(s, &format!("{field}.json_format.{k}"))?)),
-                    _ => return Err(ConfigError::field(format!("{field}.json_format.{k}"), "only string values are supported")),
+                    Some(Kind::StringValue(s)) => {
+                        fields.push((k.clone(), text(s, &format!("{field}.json_format.{k}"))?))
+                    }
+                    _ => {
+                        return Err(ConfigError::field(
+                            format!("{field}.json_format.{k}"),
+                            "only string values are supported",
+                        ));
+                    }
                 }
             }
             Ok(LogFormat::Json(fields))
@@ -215,16 +264,22 @@ impl Sink {
 fn sink_for(kind: &SinkKind) -> Arc<Sink> {
     static SINKS: OnceLock<Mutex<HashMap<SinkKind, Arc<Sink>>>> = OnceLock::new();
     let mut sinks = SINKS.get_or_init(Default::default).lock();
-    sinks.entry(kind.clone()).or_insert_with(|| spawn_sink(kind.clone())).clone()
+    sinks
+        .entry(kind.clone())
+        .or_insert_with(|| spawn_sink(kind.clone()))
+        .clone()
 }
 
 fn spawn_sink(kind: SinkKind) -> Arc<Sink> {
     let (tx, rx) = sync_channel::<String>(16 * 1024);
-    let name = format!("accesslog-{}", match &kind {
-        SinkKind::Stdout => "stdout".to_string(),
-        SinkKind::Stderr => "stderr".to_string(),
-        SinkKind::File(p) => p.display().to_string(),
-    });
+    let name = format!(
+        "accesslog-{}",
+        match &kind {
+            SinkKind::Stdout => "stdout".to_string(),
+            SinkKind::Stderr => "stderr".to_string(),
+            SinkKind::File(p) => p.display().to_string(),
+        }
+    );
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
         let mut out: Box<dyn Write + Send> = match &kind {
             SinkKind::Stdout => Box::new(std::io::stdout()),
@@ -250,7 +305,10 @@ fn spawn_sink(kind: SinkKind) -> Arc<Sink> {
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start access log writer");
     }
-    Arc::new(Sink { tx, dropped: AtomicU64::new(0) })
+    Arc::new(Sink {
+        tx,
+        dropped: AtomicU64::new(0),
+    })
 }
 
 #[cfg(test)]
@@ -266,14 +324,24 @@ mod tests {
         h.insert("x-request-id", "abc".parse().expect("v"));
         h.insert("user-agent", "curl/8".parse().expect("v"));
         h.insert("host", "svc:80".parse().expect("v"));
-        let mut info = StreamInfo::new("127.0.0.1:5000".parse().expect("a"), "127.0.0.1:15001".parse().expect("a"));
+        let mut info = StreamInfo::new(
+            "127.0.0.1:5000".parse().expect("a"),
+            "127.0.0.1:15001".parse().expect("a"),
+        );
         info.start_time = std::time::UNIX_EPOCH;
         info.protocol = Some(http::Version::HTTP_11);
         info.response_code = Some(404);
         info.response_flags.insert(ResponseFlags::NO_ROUTE_FOUND);
         info.duration = Some(std::time::Duration::from_millis(3));
         let (m, u): (Method, Uri) = (Method::GET, "/x".parse().expect("uri"));
-        let ctx = FormatCtx { method: &m, uri: &u, req_headers: &h, resp_headers: Some(&HeaderMap::new()), resp_trailers: None, info: &info };
+        let ctx = FormatCtx {
+            method: &m,
+            uri: &u,
+            req_headers: &h,
+            resp_headers: Some(&HeaderMap::new()),
+            resp_trailers: None,
+            info: &info,
+        };
         let mut line = String::new();
         f.format_log(&ctx, &mut line);
         assert_eq!(
@@ -286,12 +354,25 @@ mod tests {
     fn file_sink_writes_lines() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("access.log");
-        let cfg = AccessLogConfig::new(SinkKind::File(path.clone()), LogFormat::Text(Formatter::parse("%RESPONSE_CODE%\n").expect("f")));
+        let cfg = AccessLogConfig::new(
+            SinkKind::File(path.clone()),
+            LogFormat::Text(Formatter::parse("%RESPONSE_CODE%\n").expect("f")),
+        );
         let h = HeaderMap::new();
-        let mut info = StreamInfo::new("127.0.0.1:5000".parse().expect("a"), "127.0.0.1:1".parse().expect("a"));
+        let mut info = StreamInfo::new(
+            "127.0.0.1:5000".parse().expect("a"),
+            "127.0.0.1:1".parse().expect("a"),
+        );
         info.response_code = Some(200);
         let (m, u): (Method, Uri) = (Method::GET, "/".parse().expect("uri"));
-        let ctx = FormatCtx { method: &m, uri: &u, req_headers: &h, resp_headers: None, resp_trailers: None, info: &info };
+        let ctx = FormatCtx {
+            method: &m,
+            uri: &u,
+            req_headers: &h,
+            resp_headers: None,
+            resp_trailers: None,
+            info: &info,
+        };
         cfg.log(&ctx);
         cfg.log(&ctx);
         for _ in 0..100 {
@@ -300,6 +381,9 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        panic!("access log file not written: {:?}", std::fs::read_to_string(&path));
+        panic!(
+            "access log file not written: {:?}",
+            std::fs::read_to_string(&path)
+        );
     }
 }

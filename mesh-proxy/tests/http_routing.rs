@@ -12,14 +12,22 @@ fn route(m: serde_json::Value, cluster: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn domains_match_as_envoy() {
-    let (a, b, c, d) = (upstream("exact").await, upstream("suffix").await, upstream("prefix").await, upstream("default").await);
+    let (a, b, c, d) = (
+        upstream("exact").await,
+        upstream("suffix").await,
+        upstream("prefix").await,
+        upstream("default").await,
+    );
     let rc = json!({"name": "r", "virtual_hosts": [
         {"name": "exact", "domains": ["api.example.com", "api.example.com:8080"], "routes": [route(json!({"prefix": "/"}), "exact")]},
         {"name": "suffix", "domains": ["*.example.com"], "routes": [route(json!({"prefix": "/"}), "suffix")]},
         {"name": "prefix", "domains": ["api.*"], "routes": [route(json!({"prefix": "/"}), "prefix")]},
         {"name": "default", "domains": ["*"], "routes": [route(json!({"prefix": "/"}), "default")]},
     ]});
-    let clusters: Vec<_> = [&a, &b, &c, &d].iter().map(|u| cluster_json(&u.name, &[u.addr], false)).collect();
+    let clusters: Vec<_> = [&a, &b, &c, &d]
+        .iter()
+        .map(|u| cluster_json(&u.name, &[u.addr], false))
+        .collect();
     let p = proxy(hcm_json(rc), &clusters).await;
     for (host, want) in [
         ("api.example.com", "exact"),
@@ -30,7 +38,11 @@ async fn domains_match_as_envoy() {
         ("api.other.org", "prefix"),
         ("other.org", "default"),
     ] {
-        assert_eq!(get(p.addr, host, "/", &[]).await.upstream(), want, "host {host}");
+        assert_eq!(
+            get(p.addr, host, "/", &[]).await.upstream(),
+            want,
+            "host {host}"
+        );
     }
 }
 
@@ -58,7 +70,10 @@ async fn path_matchers() {
         route(json!({"prefix": "/CaSe", "case_sensitive": false}), "ci"),
         route(json!({"prefix": "/"}), "prefix"),
     ]}]});
-    let mut clusters: Vec<_> = ups.iter().map(|u| cluster_json(&u.name, &[u.addr], false)).collect();
+    let mut clusters: Vec<_> = ups
+        .iter()
+        .map(|u| cluster_json(&u.name, &[u.addr], false))
+        .collect();
     clusters.push(cluster_json("u", &[u.addr], false));
     let p = proxy(hcm_json(rc), &clusters).await;
     for (path, want) in [
@@ -73,13 +88,20 @@ async fn path_matchers() {
         ("/case/x", "ci"),
         ("/other", "prefix"),
     ] {
-        assert_eq!(get(p.addr, "h", path, &[]).await.upstream(), want, "path {path}");
+        assert_eq!(
+            get(p.addr, "h", path, &[]).await.upstream(),
+            want,
+            "path {path}"
+        );
     }
 }
 
 #[tokio::test]
 async fn header_query_grpc_and_fraction_matchers() {
-    let names = ["exact", "prefix", "suffix", "contains", "regex", "present", "absent", "range", "invert", "query", "grpc", "never", "fallback"];
+    let names = [
+        "exact", "prefix", "suffix", "contains", "regex", "present", "absent", "range", "invert",
+        "query", "grpc", "never", "fallback",
+    ];
     let ups: Vec<_> = futures::future::join_all(names.iter().map(|n| upstream(n))).await;
     let h = |m: serde_json::Value, c: &str| route(json!({"prefix": "/", "headers": [m]}), c);
     let rc = json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
@@ -96,9 +118,13 @@ async fn header_query_grpc_and_fraction_matchers() {
         route(json!({"prefix": "/", "grpc": {}}), "grpc"),
         route(json!({"prefix": "/"}), "fallback"),
     ]}]});
-    let clusters: Vec<_> = ups.iter().map(|u| cluster_json(&u.name, &[u.addr], false)).collect();
+    let clusters: Vec<_> = ups
+        .iter()
+        .map(|u| cluster_json(&u.name, &[u.addr], false))
+        .collect();
     let p = proxy(hcm_json(rc), &clusters).await;
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case<'_>] = &[
         (&[("x-exact", "yes")], "/", "exact"),
         (&[("x-exact", "YES")], "/", "fallback"),
         (&[("x-prefix", "prefixed")], "/", "prefix"),
@@ -117,25 +143,42 @@ async fn header_query_grpc_and_fraction_matchers() {
         (&[], "/", "fallback"),
     ];
     for (headers, path, want) in cases {
-        assert_eq!(get(p.addr, "h", path, headers).await.upstream(), *want, "{headers:?} {path}");
+        assert_eq!(
+            get(p.addr, "h", path, headers).await.upstream(),
+            *want,
+            "{headers:?} {path}"
+        );
     }
 }
 
 #[tokio::test]
 async fn weighted_clusters_split_by_weight() {
-    let (a, b, z) = (upstream("a").await, upstream("b").await, upstream("zero").await);
+    let (a, b, z) = (
+        upstream("a").await,
+        upstream("b").await,
+        upstream("zero").await,
+    );
     let rc = json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
         {"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [
             {"name": "a", "weight": 75}, {"name": "zero", "weight": 0}, {"name": "b", "weight": 25},
         ]}}},
     ]}]});
-    let clusters = [cluster_json("a", &[a.addr], false), cluster_json("b", &[b.addr], false), cluster_json("zero", &[z.addr], false)];
+    let clusters = [
+        cluster_json("a", &[a.addr], false),
+        cluster_json("b", &[b.addr], false),
+        cluster_json("zero", &[z.addr], false),
+    ];
     let p = proxy(hcm_json(rc), &clusters).await;
     let mut counts = std::collections::HashMap::new();
     for _ in 0..400 {
-        *counts.entry(get(p.addr, "h", "/", &[]).await.upstream()).or_insert(0) += 1;
+        *counts
+            .entry(get(p.addr, "h", "/", &[]).await.upstream())
+            .or_insert(0) += 1;
     }
-    let (ca, cb) = (counts.get("a").copied().unwrap_or(0), counts.get("b").copied().unwrap_or(0));
+    let (ca, cb) = (
+        counts.get("a").copied().unwrap_or(0),
+        counts.get("b").copied().unwrap_or(0),
+    );
     assert_eq!(counts.get("zero"), None, "weight 0 never chosen");
     assert_eq!(ca + cb, 400);
     assert!((240..=360).contains(&ca), "75% to a, got {counts:?}");
@@ -176,13 +219,22 @@ async fn redirects_and_direct_responses() {
     let p = proxy(hcm_json(rc), &[]).await;
     let r = get(p.addr, "example.com:80", "/https/a?b=c", &[]).await;
     assert_eq!(r.status, 301);
-    assert_eq!(r.header("location").as_deref(), Some("https://example.com/https/a?b=c"));
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("https://example.com/https/a?b=c")
+    );
     let r = get(p.addr, "example.com", "/moved/x?y=1", &[]).await;
     assert_eq!(r.status, 308);
-    assert_eq!(r.header("location").as_deref(), Some("http://new.example:8443/landing"));
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("http://new.example:8443/landing")
+    );
     let r = get(p.addr, "example.com", "/old/page?q=2", &[]).await;
     assert_eq!(r.status, 302);
-    assert_eq!(r.header("location").as_deref(), Some("http://example.com/new/page?q=2"));
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("http://example.com/new/page?q=2")
+    );
     let r = get(p.addr, "h", "/health", &[]).await;
     assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"ok"[..]));
     assert_eq!(r.header("content-type").as_deref(), Some("text/plain"));
@@ -217,7 +269,17 @@ async fn header_mutations_in_envoy_order_with_formatters() {
         }],
     });
     let p = proxy(hcm_json(rc), &[cluster_json("u", &[u.addr], false)]).await;
-    let r = get(p.addr, "h", "/", &[("x-drop-me", "1"), ("x-source", "copied"), ("x-keep", "client")]).await;
+    let r = get(
+        p.addr,
+        "h",
+        "/",
+        &[
+            ("x-drop-me", "1"),
+            ("x-source", "copied"),
+            ("x-keep", "client"),
+        ],
+    )
+    .await;
     let e = r.echo();
     // Default order: route, then vhost, then route config; the route config's overwrite wins.
     assert_eq!(e["headers"]["x-level"], "global");
@@ -227,7 +289,14 @@ async fn header_mutations_in_envoy_order_with_formatters() {
     assert_eq!(e["headers"]["x-proto"], "HTTP/1.1");
     assert_eq!(e["headers"]["x-keep"], "client");
     assert!(e["headers"].get("x-drop-me").is_none());
-    assert_eq!(r.headers.get_all("x-resp").iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>(), ["route", "global"]);
+    assert_eq!(
+        r.headers
+            .get_all("x-resp")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["route", "global"]
+    );
     assert_eq!(r.header("x-upstream-host"), Some(u.addr.to_string()));
     assert!(r.header("x-upstream").is_none());
     assert!(r.header("x-envoy-upstream-service-time").is_some());
@@ -239,26 +308,42 @@ async fn connection_manager_headers() {
     let u = upstream("u").await;
     let rc = json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [route(json!({"prefix": "/"}), "u")]}]});
     let p = proxy(hcm_json(rc), &[cluster_json("u", &[u.addr], false)]).await;
-    let e = get(p.addr, "h", "/", &[("connection", "x-hop"), ("x-hop", "1"), ("te", "trailers")]).await.echo();
+    let e = get(
+        p.addr,
+        "h",
+        "/",
+        &[("connection", "x-hop"), ("x-hop", "1"), ("te", "trailers")],
+    )
+    .await
+    .echo();
     assert_eq!(e["headers"]["x-forwarded-proto"], "http");
     assert_eq!(e["headers"]["x-request-id"].as_str().unwrap().len(), 36);
     assert_eq!(e["headers"]["x-envoy-expected-rq-timeout-ms"], "15000");
     assert_eq!(e["headers"]["te"], "trailers");
     assert!(e["headers"].get("x-hop").is_none());
-    let e = get(p.addr, "h", "/", &[("x-request-id", "keep-me")]).await.echo();
+    let e = get(p.addr, "h", "/", &[("x-request-id", "keep-me")])
+        .await
+        .echo();
     assert_eq!(e["headers"]["x-request-id"], "keep-me");
 
     // use_remote_address: the proxy is the edge; XFF gets the peer and x-envoy-* is dropped.
-    let mut hcm = hcm_json(json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [route(json!({"prefix": "/"}), "u")]}]}));
+    let mut hcm = hcm_json(
+        json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [route(json!({"prefix": "/"}), "u")]}]}),
+    );
     hcm["use_remote_address"] = json!(true);
     let p = proxy(hcm, &[cluster_json("u", &[u.addr], false)]).await;
-    let e = get(p.addr, "h", "/", &[("x-forwarded-for", "203.0.113.9")]).await.echo();
+    let e = get(p.addr, "h", "/", &[("x-forwarded-for", "203.0.113.9")])
+        .await
+        .echo();
     assert_eq!(e["headers"]["x-forwarded-for"], "203.0.113.9,127.0.0.1");
 }
 
 #[tokio::test]
 async fn upstream_failures_have_envoy_flags() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let slow = upstream("slow").await;
     let log = tempfile::NamedTempFile::new().unwrap();
     let rc = json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
@@ -273,16 +358,39 @@ async fn upstream_failures_have_envoy_flags() {
         "path": log.path().to_str().unwrap(),
     }}]);
     let empty = json!({"name": "empty", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {"cluster_name": "empty", "endpoints": []}});
-    let p = proxy(hcm, &[cluster_json("dead", &[dead], false), empty, cluster_json("slow", &[slow.addr], false)]).await;
+    let p = proxy(
+        hcm,
+        &[
+            cluster_json("dead", &[dead], false),
+            empty,
+            cluster_json("slow", &[slow.addr], false),
+        ],
+    )
+    .await;
     let r = get(p.addr, "h", "/dead", &[]).await;
     assert_eq!(r.status, 503);
-    assert!(String::from_utf8_lossy(&r.body).starts_with("upstream connect error or disconnect/reset before headers"), "{r:?}");
+    assert!(
+        String::from_utf8_lossy(&r.body)
+            .starts_with("upstream connect error or disconnect/reset before headers"),
+        "{r:?}"
+    );
     let r = get(p.addr, "h", "/empty", &[]).await;
-    assert_eq!((r.status.as_u16(), &r.body[..]), (503, &b"no healthy upstream"[..]));
+    assert_eq!(
+        (r.status.as_u16(), &r.body[..]),
+        (503, &b"no healthy upstream"[..])
+    );
     assert_eq!(get(p.addr, "h", "/missing", &[]).await.status, 503);
     let r = get(p.addr, "h", "/delay/2000", &[]).await;
-    assert_eq!((r.status.as_u16(), &r.body[..]), (504, &b"upstream request timeout"[..]));
-    assert_eq!(get(p.addr, "h", "/nothing-here", &[("host", "h")]).await.status, 200);
+    assert_eq!(
+        (r.status.as_u16(), &r.body[..]),
+        (504, &b"upstream request timeout"[..])
+    );
+    assert_eq!(
+        get(p.addr, "h", "/nothing-here", &[("host", "h")])
+            .await
+            .status,
+        200
+    );
 
     let mut text = String::new();
     for _ in 0..50 {
@@ -293,10 +401,22 @@ async fn upstream_failures_have_envoy_flags() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].contains("\"GET /dead HTTP/1.1\" 503 UF "), "{text}");
-    assert!(lines[1].contains("\"GET /empty HTTP/1.1\" 503 UH "), "{text}");
-    assert!(lines[2].contains("\"GET /missing HTTP/1.1\" 503 NC "), "{text}");
-    assert!(lines[3].contains("\"GET /delay/2000 HTTP/1.1\" 504 UT "), "{text}");
+    assert!(
+        lines[0].contains("\"GET /dead HTTP/1.1\" 503 UF "),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("\"GET /empty HTTP/1.1\" 503 UH "),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("\"GET /missing HTTP/1.1\" 503 NC "),
+        "{text}"
+    );
+    assert!(
+        lines[3].contains("\"GET /delay/2000 HTTP/1.1\" 504 UT "),
+        "{text}"
+    );
     assert!(lines[4].contains("\" 200 - "), "{text}");
 }
 
@@ -311,14 +431,24 @@ async fn retries_on_5xx_move_to_another_host() {
         }}},
     ]}]});
     // Round robin alternates hosts: every request that lands on "bad" is retried on "good".
-    let p = proxy(hcm_json(rc), &[cluster_json("c", &[bad.addr, good.addr], false)]).await;
+    let p = proxy(
+        hcm_json(rc),
+        &[cluster_json("c", &[bad.addr, good.addr], false)],
+    )
+    .await;
     for _ in 0..10 {
         let r = get(p.addr, "h", "/", &[]).await;
         assert_eq!((r.status.as_u16(), r.upstream().as_str()), (200, "good"));
     }
-    assert!(bad.hits.load(std::sync::atomic::Ordering::Relaxed) >= 1, "the bad host was tried");
+    assert!(
+        bad.hits.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the bad host was tried"
+    );
     let r = get(p.addr, "h", "/status/503", &[]).await;
-    assert_eq!(r.status, 503, "both hosts fail: retries exhausted, last response returned");
+    assert_eq!(
+        r.status, 503,
+        "both hosts fail: retries exhausted, last response returned"
+    );
     let stats = p.rt.clusters.get("c").unwrap();
     assert!(stats.stats().upstream_rq_retry.get() >= 1);
 }
@@ -337,7 +467,15 @@ async fn circuit_breaker_overflow_is_uo() {
     assert_eq!(r.status, 503);
     assert!(String::from_utf8_lossy(&r.body).contains("overflow"));
     assert_eq!(first.await.unwrap().status, 200);
-    assert_eq!(p.rt.clusters.get("c").unwrap().stats().upstream_rq_overflow.get(), 1);
+    assert_eq!(
+        p.rt.clusters
+            .get("c")
+            .unwrap()
+            .stats()
+            .upstream_rq_overflow
+            .get(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -346,10 +484,19 @@ async fn rds_routes_come_from_the_snapshot() {
     let mut hcm = hcm_json(json!({}));
     let obj = hcm.as_object_mut().unwrap();
     obj.remove("route_config");
-    obj.insert("rds".into(), json!({"route_config_name": "rds-1", "config_source": {"ads": {}}}));
+    obj.insert(
+        "rds".into(),
+        json!({"route_config_name": "rds-1", "config_source": {"ads": {}}}),
+    );
     let p = proxy(hcm, &[cluster_json("u", &[u.addr], false)]).await;
-    assert_eq!(get(p.addr, "h", "/", &[]).await.status, 404, "NR until the RouteConfiguration arrives");
-    let rc = route_from_json(&json!({"name": "rds-1", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [route(json!({"prefix": "/"}), "u")]}]}));
+    assert_eq!(
+        get(p.addr, "h", "/", &[]).await.status,
+        404,
+        "NR until the RouteConfiguration arrives"
+    );
+    let rc = route_from_json(
+        &json!({"name": "rds-1", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [route(json!({"prefix": "/"}), "u")]}]}),
+    );
     p.rt.store.update(|s| {
         s.routes.insert("rds-1".into(), std::sync::Arc::new(rc));
     });
@@ -359,18 +506,31 @@ async fn rds_routes_come_from_the_snapshot() {
 #[test]
 fn unsupported_route_fields_are_nacked_by_name() {
     let base = |r: serde_json::Value| json!({"name": "rc", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [r]}]});
-    let e = route_err(&base(json!({"match": {"prefix": "/", "cookies": [{"name": "c"}]}, "route": {"cluster": "c"}})));
-    assert_eq!((e.resource.as_str(), e.field.as_str()), ("rc", "virtual_hosts[0].routes[0].match.cookies"));
-    let e = route_err(&base(json!({"match": {"prefix": "/"}, "route": {"cluster": "c", "hedge_policy": {}}})));
+    let e = route_err(&base(
+        json!({"match": {"prefix": "/", "cookies": [{"name": "c"}]}, "route": {"cluster": "c"}}),
+    ));
+    assert_eq!(
+        (e.resource.as_str(), e.field.as_str()),
+        ("rc", "virtual_hosts[0].routes[0].match.cookies")
+    );
+    let e = route_err(&base(
+        json!({"match": {"prefix": "/"}, "route": {"cluster": "c", "hedge_policy": {}}}),
+    ));
     assert_eq!(e.field, "virtual_hosts[0].routes[0].route.hedge_policy");
-    let e = route_err(&base(json!({"match": {"safe_regex": {"regex": "(unclosed"}}, "route": {"cluster": "c"}})));
+    let e = route_err(&base(
+        json!({"match": {"safe_regex": {"regex": "(unclosed"}}, "route": {"cluster": "c"}}),
+    ));
     assert_eq!(e.field, "virtual_hosts[0].routes[0].match.safe_regex");
     let e = route_err(&json!({"name": "rc", "virtual_hosts": [
         {"name": "a", "domains": ["x.com"], "routes": []}, {"name": "b", "domains": ["x.com"], "routes": []}]}));
     assert_eq!(e.field, "virtual_hosts[1].domains[0]");
-    let e = route_err(&base(json!({"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [{"name": "a", "weight": 1}], "total_weight": 5}}})));
+    let e = route_err(&base(
+        json!({"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [{"name": "a", "weight": 1}], "total_weight": 5}}}),
+    ));
     assert!(e.field.ends_with("weighted_clusters.total_weight"), "{e}");
-    let e = route_err(&base(json!({"match": {"prefix": "/"}, "route": {"cluster": "c"}, "typed_per_filter_config": {
-        "envoy.filters.http.fault": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}})));
+    let e = route_err(&base(
+        json!({"match": {"prefix": "/"}, "route": {"cluster": "c"}, "typed_per_filter_config": {
+        "envoy.filters.http.fault": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}}),
+    ));
     assert!(e.message.contains("envoy.filters.http.fault"), "{e}");
 }

@@ -17,7 +17,10 @@ use envoy_types::pb::{
 
 use super::{
     ConfigError,
-    route_action::{DEFAULT_MAX_DIRECT_RESPONSE_BODY, DirectResponse, MirrorPolicy, Redirect, RetryPolicy, RouteAction},
+    route_action::{
+        DEFAULT_MAX_DIRECT_RESPONSE_BODY, DirectResponse, MirrorPolicy, Redirect, RetryPolicy,
+        RouteAction,
+    },
     route_headers::HeaderMutations,
     route_match::{DomainTable, Fraction, HeaderMatcher, PathMatch, QueryParamMatcher, full_regex},
 };
@@ -47,14 +50,28 @@ impl FilterConfigs {
         let mut out = HashMap::new();
         for (name, any) in m {
             let f = format!("{field}[{name:?}]");
-            let mut o = FilterOverride { disabled: false, optional: false, config: Some(Arc::new(any.clone())) };
+            let mut o = FilterOverride {
+                disabled: false,
+                optional: false,
+                config: Some(Arc::new(any.clone())),
+            };
             if any.type_url == TYPE_FILTER_CONFIG {
-                let fc: rpb::FilterConfig = prost::Message::decode(any.value.as_slice())
-                    .map_err(|e| ConfigError::field(&f, format!("cannot decode FilterConfig: {e}")))?;
-                o = FilterOverride { disabled: fc.disabled, optional: fc.is_optional, config: fc.config.map(Arc::new) };
+                let fc: rpb::FilterConfig =
+                    prost::Message::decode(any.value.as_slice()).map_err(|e| {
+                        ConfigError::field(&f, format!("cannot decode FilterConfig: {e}"))
+                    })?;
+                o = FilterOverride {
+                    disabled: fc.disabled,
+                    optional: fc.is_optional,
+                    config: fc.config.map(Arc::new),
+                };
             }
-            if !o.disabled && !o.optional && !FILTERS_WITH_ROUTE_OVERRIDES.contains(&name.as_str()) {
-                return Err(ConfigError::field(f, format!("per-route config for http filter {name:?} is not supported")));
+            if !o.disabled && !o.optional && !FILTERS_WITH_ROUTE_OVERRIDES.contains(&name.as_str())
+            {
+                return Err(ConfigError::field(
+                    f,
+                    format!("per-route config for http filter {name:?} is not supported"),
+                ));
             }
             out.insert(name.clone(), o);
         }
@@ -146,32 +163,50 @@ pub fn route_configuration(p: &rpb::RouteConfiguration) -> Result<RouteConfigura
     if !p.route_specifiers.is_empty() {
         return Err(unsupported("route_specifiers"));
     }
-    let max_body = p.max_direct_response_body_size_bytes.as_ref().map_or(DEFAULT_MAX_DIRECT_RESPONSE_BODY, |v| v.value as usize);
+    let max_body = p
+        .max_direct_response_body_size_bytes
+        .as_ref()
+        .map_or(DEFAULT_MAX_DIRECT_RESPONSE_BODY, |v| v.value as usize);
     let mut domains = DomainTable::default();
     let mut virtual_hosts = Vec::with_capacity(p.virtual_hosts.len());
     let mut names = std::collections::HashSet::new();
     for (i, vh) in p.virtual_hosts.iter().enumerate() {
         let at = format!("virtual_hosts[{i}]");
         if !names.insert(vh.name.as_str()) {
-            return Err(ConfigError::field(format!("{at}.name"), format!("duplicate virtual host name {:?}", vh.name)));
+            return Err(ConfigError::field(
+                format!("{at}.name"),
+                format!("duplicate virtual host name {:?}", vh.name),
+            ));
         }
         let v = virtual_host(vh, max_body).map_err(|e| e.at(&at))?;
         for (j, d) in vh.domains.iter().enumerate() {
-            domains.insert(d, i).map_err(|m| ConfigError::field(format!("{at}.domains[{j}]"), m))?;
+            domains
+                .insert(d, i)
+                .map_err(|m| ConfigError::field(format!("{at}.domains[{j}]"), m))?;
         }
         virtual_hosts.push(Arc::new(v));
     }
     let mut internal_only_headers = Vec::new();
     for (i, h) in p.internal_only_headers.iter().enumerate() {
         internal_only_headers.push(
-            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                .map_err(|_| ConfigError::field(format!("internal_only_headers[{i}]"), format!("invalid header name {h:?}")))?,
+            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                ConfigError::field(
+                    format!("internal_only_headers[{i}]"),
+                    format!("invalid header name {h:?}"),
+                )
+            })?,
         );
     }
     let vhost_header = (!p.vhost_header.is_empty())
         .then(|| {
-            http::HeaderName::from_bytes(p.vhost_header.to_ascii_lowercase().as_bytes())
-                .map_err(|_| ConfigError::field("vhost_header", format!("invalid header name {:?}", p.vhost_header)))
+            http::HeaderName::from_bytes(p.vhost_header.to_ascii_lowercase().as_bytes()).map_err(
+                |_| {
+                    ConfigError::field(
+                        "vhost_header",
+                        format!("invalid header name {:?}", p.vhost_header),
+                    )
+                },
+            )
         })
         .transpose()?;
     Ok(RouteConfiguration {
@@ -196,7 +231,10 @@ pub fn route_configuration(p: &rpb::RouteConfiguration) -> Result<RouteConfigura
         vhost_header,
         internal_only_headers,
         request_mirror_policies: mirrors(&p.request_mirror_policies, "request_mirror_policies")?,
-        typed_per_filter_config: FilterConfigs::try_from_proto(&p.typed_per_filter_config, "typed_per_filter_config")?,
+        typed_per_filter_config: FilterConfigs::try_from_proto(
+            &p.typed_per_filter_config,
+            "typed_per_filter_config",
+        )?,
     })
 }
 
@@ -204,7 +242,10 @@ fn mirrors(
     m: &[rpb::route_action::RequestMirrorPolicy],
     field: &str,
 ) -> Result<Vec<MirrorPolicy>, ConfigError> {
-    m.iter().enumerate().map(|(i, m)| MirrorPolicy::try_from_proto(m, &format!("{field}[{i}]"))).collect()
+    m.iter()
+        .enumerate()
+        .map(|(i, m)| MirrorPolicy::try_from_proto(m, &format!("{field}[{i}]")))
+        .collect()
 }
 
 fn virtual_host(p: &rpb::VirtualHost, max_body: usize) -> Result<VirtualHost, ConfigError> {
@@ -229,7 +270,7 @@ fn virtual_host(p: &rpb::VirtualHost, max_body: usize) -> Result<VirtualHost, Co
     }
     let mut routes = Vec::with_capacity(p.routes.len());
     for (i, r) in p.routes.iter().enumerate() {
-        routes.push(route(r, max_body).map_err(|e| e.at(&format!("routes[{i}]")))?);
+        routes.push(route(r, max_body).map_err(|e| e.at(format!("routes[{i}]")))?);
     }
     Ok(VirtualHost {
         name: Arc::from(p.name.as_str()),
@@ -247,11 +288,18 @@ fn virtual_host(p: &rpb::VirtualHost, max_body: usize) -> Result<VirtualHost, Co
             "response_headers_to_add",
             "response_headers_to_remove",
         )?,
-        retry_policy: p.retry_policy.as_ref().map(|r| RetryPolicy::try_from_proto(r, "retry_policy")).transpose()?,
+        retry_policy: p
+            .retry_policy
+            .as_ref()
+            .map(|r| RetryPolicy::try_from_proto(r, "retry_policy"))
+            .transpose()?,
         request_mirror_policies: mirrors(&p.request_mirror_policies, "request_mirror_policies")?,
         include_request_attempt_count: p.include_request_attempt_count,
         include_attempt_count_in_response: p.include_attempt_count_in_response,
-        typed_per_filter_config: FilterConfigs::try_from_proto(&p.typed_per_filter_config, "typed_per_filter_config")?,
+        typed_per_filter_config: FilterConfigs::try_from_proto(
+            &p.typed_per_filter_config,
+            "typed_per_filter_config",
+        )?,
     })
 }
 
@@ -259,25 +307,45 @@ fn route(p: &rpb::Route, max_body: usize) -> Result<Route, ConfigError> {
     if !p.route_specifiers.is_empty() {
         return Err(ConfigError::field("route_specifiers", "is not supported"));
     }
-    let m = p.r#match.as_ref().ok_or_else(|| ConfigError::field("match", "is required"))?;
+    let m = p
+        .r#match
+        .as_ref()
+        .ok_or_else(|| ConfigError::field("match", "is required"))?;
     let matcher = route_match(m).map_err(|e| e.at("match"))?;
     let action = match &p.action {
-        Some(PbAction::Route(a)) => Action::Route(Box::new(RouteAction::try_from_proto(a, "route")?)),
+        Some(PbAction::Route(a)) => {
+            Action::Route(Box::new(RouteAction::try_from_proto(a, "route")?))
+        }
         Some(PbAction::Redirect(r)) => Action::Redirect(Redirect::try_from_proto(r, "redirect")?),
-        Some(PbAction::DirectResponse(d)) => Action::DirectResponse(DirectResponse::try_from_proto(d, "direct_response", max_body)?),
+        Some(PbAction::DirectResponse(d)) => Action::DirectResponse(
+            DirectResponse::try_from_proto(d, "direct_response", max_body)?,
+        ),
         Some(PbAction::NonForwardingAction(_)) => Action::NonForwarding,
-        Some(PbAction::FilterAction(_)) => return Err(ConfigError::field("filter_action", "is not supported")),
-        None => return Err(ConfigError::field("action", "one of route, redirect, direct_response is required")),
+        Some(PbAction::FilterAction(_)) => {
+            return Err(ConfigError::field("filter_action", "is not supported"));
+        }
+        None => {
+            return Err(ConfigError::field(
+                "action",
+                "one of route, redirect, direct_response is required",
+            ));
+        }
     };
-    if let (Action::Redirect(r), PathMatch::Regex(_)) = (&action, &matcher.path) {
-        if matches!(r.path, Some(super::route_action::PathRedirect::Prefix(_))) {
-            return Err(ConfigError::field("redirect.prefix_rewrite", "cannot be used with a safe_regex path match"));
-        }
+    if let (Action::Redirect(r), PathMatch::Regex(_)) = (&action, &matcher.path)
+        && matches!(r.path, Some(super::route_action::PathRedirect::Prefix(_)))
+    {
+        return Err(ConfigError::field(
+            "redirect.prefix_rewrite",
+            "cannot be used with a safe_regex path match",
+        ));
     }
-    if let (Action::Route(a), PathMatch::Regex(_)) = (&action, &matcher.path) {
-        if a.prefix_rewrite.is_some() {
-            return Err(ConfigError::field("route.prefix_rewrite", "cannot be used with a safe_regex path match"));
-        }
+    if let (Action::Route(a), PathMatch::Regex(_)) = (&action, &matcher.path)
+        && a.prefix_rewrite.is_some()
+    {
+        return Err(ConfigError::field(
+            "route.prefix_rewrite",
+            "cannot be used with a safe_regex path match",
+        ));
     }
     Ok(Route {
         name: (!p.name.is_empty()).then(|| Arc::from(p.name.as_str())),
@@ -295,7 +363,10 @@ fn route(p: &rpb::Route, max_body: usize) -> Result<Route, ConfigError> {
             "response_headers_to_add",
             "response_headers_to_remove",
         )?,
-        typed_per_filter_config: FilterConfigs::try_from_proto(&p.typed_per_filter_config, "typed_per_filter_config")?,
+        typed_per_filter_config: FilterConfigs::try_from_proto(
+            &p.typed_per_filter_config,
+            "typed_per_filter_config",
+        )?,
         operation: p.decorator.as_ref().map(|d| d.operation.clone()),
     })
 }
@@ -322,13 +393,21 @@ fn route_match(m: &rpb::RouteMatch) -> Result<RouteMatch, ConfigError> {
         Some(P::SafeRegex(r)) => PathMatch::Regex(full_regex(r, "safe_regex")?),
         Some(P::PathSeparatedPrefix(p)) => {
             if p.contains('?') || p.contains('#') || (p.ends_with('/') && p.len() > 1) {
-                return Err(ConfigError::field("path_separated_prefix", format!("invalid prefix {p:?}: no trailing '/', '?' or '#'")));
+                return Err(ConfigError::field(
+                    "path_separated_prefix",
+                    format!("invalid prefix {p:?}: no trailing '/', '?' or '#'"),
+                ));
             }
             PathMatch::SeparatedPrefix(p.clone())
         }
         Some(P::ConnectMatcher(_)) => return Err(unsupported("connect_matcher")),
         Some(P::PathMatchPolicy(_)) => return Err(unsupported("path_match_policy")),
-        None => return Err(ConfigError::field("path_specifier", "one of prefix, path, safe_regex, path_separated_prefix is required")),
+        None => {
+            return Err(ConfigError::field(
+                "path_specifier",
+                "one of prefix, path, safe_regex, path_separated_prefix is required",
+            ));
+        }
     };
     let mut headers = Vec::with_capacity(m.headers.len());
     for (i, h) in m.headers.iter().enumerate() {
@@ -336,14 +415,21 @@ fn route_match(m: &rpb::RouteMatch) -> Result<RouteMatch, ConfigError> {
     }
     let mut query_parameters = Vec::with_capacity(m.query_parameters.len());
     for (i, q) in m.query_parameters.iter().enumerate() {
-        query_parameters.push(QueryParamMatcher::try_from_proto(q, &format!("query_parameters[{i}]"))?);
+        query_parameters.push(QueryParamMatcher::try_from_proto(
+            q,
+            &format!("query_parameters[{i}]"),
+        )?);
     }
     Ok(RouteMatch {
         path,
         case_sensitive,
         headers,
         query_parameters,
-        runtime_fraction: m.runtime_fraction.as_ref().map(|f| Fraction::from_runtime(f, "runtime_fraction")).transpose()?,
+        runtime_fraction: m
+            .runtime_fraction
+            .as_ref()
+            .map(|f| Fraction::from_runtime(f, "runtime_fraction"))
+            .transpose()?,
         grpc: m.grpc.is_some(),
     })
 }
@@ -352,7 +438,9 @@ impl RouteConfiguration {
     /// The virtual host for a lowercased host (port handling is the caller's, see
     /// `http::router`).
     pub fn find_virtual_host(&self, host: &str) -> Option<&Arc<VirtualHost>> {
-        self.domains.find(host).and_then(|i| self.virtual_hosts.get(i))
+        self.domains
+            .find(host)
+            .and_then(|i| self.virtual_hosts.get(i))
     }
 }
 

@@ -46,7 +46,10 @@ pub struct RegexRewrite {
 
 impl RegexRewrite {
     pub fn try_from_proto(p: &RegexMatchAndSubstitute, field: &str) -> Result<Self, ConfigError> {
-        let pattern = p.pattern.as_ref().ok_or_else(|| ConfigError::field(format!("{field}.pattern"), "is required"))?;
+        let pattern = p
+            .pattern
+            .as_ref()
+            .ok_or_else(|| ConfigError::field(format!("{field}.pattern"), "is required"))?;
         let pattern = search_regex(pattern, &format!("{field}.pattern"))?;
         let mut substitution = String::with_capacity(p.substitution.len());
         let mut chars = p.substitution.chars().peekable();
@@ -70,11 +73,16 @@ impl RegexRewrite {
                 c => substitution.push(c),
             }
         }
-        Ok(RegexRewrite { pattern, substitution })
+        Ok(RegexRewrite {
+            pattern,
+            substitution,
+        })
     }
 
     pub fn apply(&self, path: &str) -> String {
-        self.pattern.replace_all(path, self.substitution.as_str()).into_owned()
+        self.pattern
+            .replace_all(path, self.substitution.as_str())
+            .into_owned()
     }
 }
 
@@ -192,13 +200,21 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     pub fn try_from_proto(p: &rpb::RetryPolicy, field: &str) -> Result<Self, ConfigError> {
         let mut retry_on = Vec::new();
-        for s in p.retry_on.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            retry_on.push(
-                RetryOn::parse(s)
-                    .ok_or_else(|| ConfigError::field(format!("{field}.retry_on"), format!("unknown retry condition {s:?}")))?,
-            );
+        for s in p
+            .retry_on
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            retry_on.push(RetryOn::parse(s).ok_or_else(|| {
+                ConfigError::field(
+                    format!("{field}.retry_on"),
+                    format!("unknown retry condition {s:?}"),
+                )
+            })?);
         }
-        let unsupported = |name: &str| ConfigError::field(format!("{field}.{name}"), "is not supported");
+        let unsupported =
+            |name: &str| ConfigError::field(format!("{field}.{name}"), "is not supported");
         if p.retry_priority.is_some() {
             return Err(unsupported("retry_priority"));
         }
@@ -228,24 +244,47 @@ impl RetryPolicy {
                 }
             }
         }
-        let opt_dur = |d: &Option<PbDuration>, name: &str| d.as_ref().map(|d| duration(d, &format!("{field}.{name}"))).transpose();
+        let opt_dur = |d: &Option<PbDuration>, name: &str| {
+            d.as_ref()
+                .map(|d| duration(d, &format!("{field}.{name}")))
+                .transpose()
+        };
         let (base_interval, max_interval) = match &p.retry_back_off {
             Some(b) => {
-                let base = b.base_interval.as_ref().map(|d| duration(d, &format!("{field}.retry_back_off.base_interval"))).transpose()?
-                    .ok_or_else(|| ConfigError::field(format!("{field}.retry_back_off.base_interval"), "is required"))?;
+                let base = b
+                    .base_interval
+                    .as_ref()
+                    .map(|d| duration(d, &format!("{field}.retry_back_off.base_interval")))
+                    .transpose()?
+                    .ok_or_else(|| {
+                        ConfigError::field(
+                            format!("{field}.retry_back_off.base_interval"),
+                            "is required",
+                        )
+                    })?;
                 if base.is_zero() {
-                    return Err(ConfigError::field(format!("{field}.retry_back_off.base_interval"), "must be greater than zero"));
+                    return Err(ConfigError::field(
+                        format!("{field}.retry_back_off.base_interval"),
+                        "must be greater than zero",
+                    ));
                 }
-                let max = opt_dur(&b.max_interval, "retry_back_off.max_interval")?.unwrap_or(base * 10);
+                let max =
+                    opt_dur(&b.max_interval, "retry_back_off.max_interval")?.unwrap_or(base * 10);
                 (base, max)
             }
             None => (Duration::from_millis(25), Duration::from_millis(250)),
         };
         let mut retriable_status_codes = Vec::new();
         for c in &p.retriable_status_codes {
-            let c = u16::try_from(*c).ok().filter(|c| (100..600).contains(c)).ok_or_else(|| {
-                ConfigError::field(format!("{field}.retriable_status_codes"), format!("invalid status code {c}"))
-            })?;
+            let c = u16::try_from(*c)
+                .ok()
+                .filter(|c| (100..600).contains(c))
+                .ok_or_else(|| {
+                    ConfigError::field(
+                        format!("{field}.retriable_status_codes"),
+                        format!("invalid status code {c}"),
+                    )
+                })?;
             retriable_status_codes.push(c);
         }
         Ok(RetryPolicy {
@@ -255,7 +294,9 @@ impl RetryPolicy {
             per_try_idle_timeout: opt_dur(&p.per_try_idle_timeout, "per_try_idle_timeout")?,
             retriable_status_codes,
             avoid_previous_hosts,
-            host_selection_retry_max_attempts: u32::try_from(p.host_selection_retry_max_attempts).unwrap_or(1).max(1),
+            host_selection_retry_max_attempts: u32::try_from(p.host_selection_retry_max_attempts)
+                .unwrap_or(1)
+                .max(1),
             base_interval,
             max_interval,
         })
@@ -269,7 +310,11 @@ impl RetryPolicy {
 #[derive(Debug, Clone)]
 pub enum HashPolicyKind {
     Header(HeaderName),
-    Cookie { name: String, ttl: Option<Duration>, path: String },
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+        path: String,
+    },
     SourceIp,
     QueryParameter(String),
 }
@@ -286,29 +331,53 @@ impl HashPolicy {
         let kind = match &p.policy_specifier {
             Some(P::Header(h)) => {
                 if h.regex_rewrite.is_some() {
-                    return Err(ConfigError::field(format!("{field}.header.regex_rewrite"), "is not supported"));
+                    return Err(ConfigError::field(
+                        format!("{field}.header.regex_rewrite"),
+                        "is not supported",
+                    ));
                 }
-                HashPolicyKind::Header(header_name(&h.header_name, &format!("{field}.header.header_name"))?)
+                HashPolicyKind::Header(header_name(
+                    &h.header_name,
+                    &format!("{field}.header.header_name"),
+                )?)
             }
             Some(P::Cookie(c)) => {
                 if !c.attributes.is_empty() {
-                    return Err(ConfigError::field(format!("{field}.cookie.attributes"), "is not supported"));
+                    return Err(ConfigError::field(
+                        format!("{field}.cookie.attributes"),
+                        "is not supported",
+                    ));
                 }
                 HashPolicyKind::Cookie {
                     name: c.name.clone(),
-                    ttl: c.ttl.as_ref().map(|d| duration(d, &format!("{field}.cookie.ttl"))).transpose()?,
+                    ttl: c
+                        .ttl
+                        .as_ref()
+                        .map(|d| duration(d, &format!("{field}.cookie.ttl")))
+                        .transpose()?,
                     path: c.path.clone(),
                 }
             }
             Some(P::ConnectionProperties(cp)) if cp.source_ip => HashPolicyKind::SourceIp,
             Some(P::ConnectionProperties(_)) => {
-                return Err(ConfigError::field(format!("{field}.connection_properties.source_ip"), "must be true"));
+                return Err(ConfigError::field(
+                    format!("{field}.connection_properties.source_ip"),
+                    "must be true",
+                ));
             }
             Some(P::QueryParameter(q)) => HashPolicyKind::QueryParameter(q.name.clone()),
-            Some(P::FilterState(_)) => return Err(ConfigError::field(format!("{field}.filter_state"), "is not supported")),
+            Some(P::FilterState(_)) => {
+                return Err(ConfigError::field(
+                    format!("{field}.filter_state"),
+                    "is not supported",
+                ));
+            }
             None => return Err(ConfigError::field(field, "a policy specifier is required")),
         };
-        Ok(HashPolicy { kind, terminal: p.terminal })
+        Ok(HashPolicy {
+            kind,
+            terminal: p.terminal,
+        })
     }
 }
 
@@ -321,24 +390,40 @@ pub struct MirrorPolicy {
 }
 
 impl MirrorPolicy {
-    pub fn try_from_proto(p: &route_action::RequestMirrorPolicy, field: &str) -> Result<Self, ConfigError> {
+    pub fn try_from_proto(
+        p: &route_action::RequestMirrorPolicy,
+        field: &str,
+    ) -> Result<Self, ConfigError> {
         if !p.request_headers_mutations.is_empty() {
-            return Err(ConfigError::field(format!("{field}.request_headers_mutations"), "is not supported"));
+            return Err(ConfigError::field(
+                format!("{field}.request_headers_mutations"),
+                "is not supported",
+            ));
         }
         if !p.host_rewrite_literal.is_empty() {
-            return Err(ConfigError::field(format!("{field}.host_rewrite_literal"), "is not supported"));
+            return Err(ConfigError::field(
+                format!("{field}.host_rewrite_literal"),
+                "is not supported",
+            ));
         }
         let cluster = (!p.cluster.is_empty()).then(|| Arc::from(p.cluster.as_str()));
         let cluster_header = (!p.cluster_header.is_empty())
             .then(|| header_name(&p.cluster_header, &format!("{field}.cluster_header")))
             .transpose()?;
         if cluster.is_some() == cluster_header.is_some() {
-            return Err(ConfigError::field(field, "exactly one of cluster and cluster_header is required"));
+            return Err(ConfigError::field(
+                field,
+                "exactly one of cluster and cluster_header is required",
+            ));
         }
         Ok(MirrorPolicy {
             cluster,
             cluster_header,
-            fraction: p.runtime_fraction.as_ref().map(|f| Fraction::from_runtime(f, &format!("{field}.runtime_fraction"))).transpose()?,
+            fraction: p
+                .runtime_fraction
+                .as_ref()
+                .map(|f| Fraction::from_runtime(f, &format!("{field}.runtime_fraction")))
+                .transpose()?,
             disable_shadow_host_suffix_append: p.disable_shadow_host_suffix_append,
         })
     }
@@ -371,19 +456,36 @@ impl RouteAction {
         let f = |name: &str| format!("{field}.{name}");
         let unsupported = |name: &str| ConfigError::field(f(name), "is not supported");
         let cluster = match &p.cluster_specifier {
-            Some(C::Cluster(c)) if !c.is_empty() => ClusterSpecifier::Cluster(Arc::from(c.as_str())),
-            Some(C::Cluster(_)) => return Err(ConfigError::field(f("cluster"), "must not be empty")),
-            Some(C::ClusterHeader(h)) => ClusterSpecifier::Header(header_name(h, &f("cluster_header"))?),
-            Some(C::WeightedClusters(w)) => ClusterSpecifier::Weighted(weighted(w, &f("weighted_clusters"))?),
-            Some(C::ClusterSpecifierPlugin(_)) => return Err(unsupported("cluster_specifier_plugin")),
-            Some(C::InlineClusterSpecifierPlugin(_)) => return Err(unsupported("inline_cluster_specifier_plugin")),
+            Some(C::Cluster(c)) if !c.is_empty() => {
+                ClusterSpecifier::Cluster(Arc::from(c.as_str()))
+            }
+            Some(C::Cluster(_)) => {
+                return Err(ConfigError::field(f("cluster"), "must not be empty"));
+            }
+            Some(C::ClusterHeader(h)) => {
+                ClusterSpecifier::Header(header_name(h, &f("cluster_header"))?)
+            }
+            Some(C::WeightedClusters(w)) => {
+                ClusterSpecifier::Weighted(weighted(w, &f("weighted_clusters"))?)
+            }
+            Some(C::ClusterSpecifierPlugin(_)) => {
+                return Err(unsupported("cluster_specifier_plugin"));
+            }
+            Some(C::InlineClusterSpecifierPlugin(_)) => {
+                return Err(unsupported("inline_cluster_specifier_plugin"));
+            }
             None => return Err(ConfigError::field(field, "a cluster specifier is required")),
         };
         let cluster_not_found_response_code = match p.cluster_not_found_response_code {
             0 => StatusCode::SERVICE_UNAVAILABLE,
             1 => StatusCode::NOT_FOUND,
             2 => StatusCode::INTERNAL_SERVER_ERROR,
-            n => return Err(ConfigError::field(f("cluster_not_found_response_code"), format!("unknown value {n}"))),
+            n => {
+                return Err(ConfigError::field(
+                    f("cluster_not_found_response_code"),
+                    format!("unknown value {n}"),
+                ));
+            }
         };
         if p.metadata_match.is_some() {
             return Err(unsupported("metadata_match"));
@@ -407,52 +509,83 @@ impl RouteAction {
             return Err(unsupported("retry_policy_typed_config"));
         }
         if p.priority != 0 {
-            return Err(ConfigError::field(f("priority"), "only DEFAULT priority routing is supported"));
+            return Err(ConfigError::field(
+                f("priority"),
+                "only DEFAULT priority routing is supported",
+            ));
         }
         // rate_limits / include_vh_rate_limits / cors take effect only with the
         // ratelimit and cors filters, which the HCM does not accept yet; like Envoy
         // without those filters, they are inert here.
         let prefix_rewrite = (!p.prefix_rewrite.is_empty()).then(|| p.prefix_rewrite.clone());
-        let regex_rewrite = p.regex_rewrite.as_ref().map(|r| RegexRewrite::try_from_proto(r, &f("regex_rewrite"))).transpose()?;
+        let regex_rewrite = p
+            .regex_rewrite
+            .as_ref()
+            .map(|r| RegexRewrite::try_from_proto(r, &f("regex_rewrite")))
+            .transpose()?;
         if prefix_rewrite.is_some() && regex_rewrite.is_some() {
-            return Err(ConfigError::field(f("regex_rewrite"), "cannot be combined with prefix_rewrite"));
+            return Err(ConfigError::field(
+                f("regex_rewrite"),
+                "cannot be combined with prefix_rewrite",
+            ));
         }
         let host_rewrite = match &p.host_rewrite_specifier {
             None => None,
             Some(H::HostRewriteLiteral(s)) => Some(HostRewrite::Literal(s.clone())),
             Some(H::AutoHostRewrite(b)) => b.value.then_some(HostRewrite::Auto),
-            Some(H::HostRewriteHeader(h)) => Some(HostRewrite::Header(header_name(h, &f("host_rewrite_header"))?)),
-            Some(H::HostRewritePathRegex(r)) => {
-                Some(HostRewrite::PathRegex(RegexRewrite::try_from_proto(r, &f("host_rewrite_path_regex"))?))
-            }
+            Some(H::HostRewriteHeader(h)) => Some(HostRewrite::Header(header_name(
+                h,
+                &f("host_rewrite_header"),
+            )?)),
+            Some(H::HostRewritePathRegex(r)) => Some(HostRewrite::PathRegex(
+                RegexRewrite::try_from_proto(r, &f("host_rewrite_path_regex"))?,
+            )),
             Some(H::HostRewrite(_)) => return Err(unsupported("host_rewrite")),
         };
         let timeout = match &p.timeout {
             None => Some(DEFAULT_ROUTE_TIMEOUT),
             Some(d) => Some(duration(d, &f("timeout"))?).filter(|d| !d.is_zero()),
         };
-        let opt = |d: &Option<PbDuration>, name: &str| d.as_ref().map(|d| duration(d, &f(name))).transpose();
+        let opt = |d: &Option<PbDuration>, name: &str| {
+            d.as_ref().map(|d| duration(d, &f(name))).transpose()
+        };
         let mut request_mirror_policies = Vec::new();
         for (i, m) in p.request_mirror_policies.iter().enumerate() {
-            request_mirror_policies.push(MirrorPolicy::try_from_proto(m, &f(&format!("request_mirror_policies[{i}]")))?);
+            request_mirror_policies.push(MirrorPolicy::try_from_proto(
+                m,
+                &f(&format!("request_mirror_policies[{i}]")),
+            )?);
         }
         let mut hash_policy = Vec::new();
         for (i, h) in p.hash_policy.iter().enumerate() {
-            hash_policy.push(HashPolicy::try_from_proto(h, &f(&format!("hash_policy[{i}]")))?);
+            hash_policy.push(HashPolicy::try_from_proto(
+                h,
+                &f(&format!("hash_policy[{i}]")),
+            )?);
         }
         let mut upgrade_configs = Vec::new();
         for (i, u) in p.upgrade_configs.iter().enumerate() {
             if u.connect_config.is_some() || u.upgrade_type.eq_ignore_ascii_case("connect") {
-                return Err(ConfigError::field(f(&format!("upgrade_configs[{i}]")), "CONNECT upgrades are not supported"));
+                return Err(ConfigError::field(
+                    f(&format!("upgrade_configs[{i}]")),
+                    "CONNECT upgrades are not supported",
+                ));
             }
-            upgrade_configs.push((u.upgrade_type.to_ascii_lowercase(), u.enabled.as_ref().is_none_or(|b| b.value)));
+            upgrade_configs.push((
+                u.upgrade_type.to_ascii_lowercase(),
+                u.enabled.as_ref().is_none_or(|b| b.value),
+            ));
         }
         let max_stream_duration = match &p.max_stream_duration {
             Some(m) => {
                 if m.grpc_timeout_header_max.is_some() || m.grpc_timeout_header_offset.is_some() {
                     return Err(unsupported("max_stream_duration.grpc_timeout_header_max"));
                 }
-                opt(&m.max_stream_duration, "max_stream_duration.max_stream_duration")?.filter(|d| !d.is_zero())
+                opt(
+                    &m.max_stream_duration,
+                    "max_stream_duration.max_stream_duration",
+                )?
+                .filter(|d| !d.is_zero())
             }
             None => None,
         };
@@ -465,7 +598,11 @@ impl RouteAction {
             append_x_forwarded_host: p.append_x_forwarded_host,
             timeout,
             idle_timeout: opt(&p.idle_timeout, "idle_timeout")?,
-            retry_policy: p.retry_policy.as_ref().map(|r| RetryPolicy::try_from_proto(r, &f("retry_policy"))).transpose()?,
+            retry_policy: p
+                .retry_policy
+                .as_ref()
+                .map(|r| RetryPolicy::try_from_proto(r, &f("retry_policy")))
+                .transpose()?,
             request_mirror_policies,
             hash_policy,
             upgrade_configs,
@@ -477,28 +614,45 @@ impl RouteAction {
 
     /// The route-level override for an upgrade type, if any.
     pub fn upgrade_enabled(&self, upgrade: &str) -> Option<bool> {
-        self.upgrade_configs.iter().find(|(t, _)| t.eq_ignore_ascii_case(upgrade)).map(|(_, e)| *e)
+        self.upgrade_configs
+            .iter()
+            .find(|(t, _)| t.eq_ignore_ascii_case(upgrade))
+            .map(|(_, e)| *e)
     }
 }
 
 fn weighted(w: &rpb::WeightedCluster, field: &str) -> Result<WeightedClusters, ConfigError> {
     use weighted_cluster::{RandomValueSpecifier as R, cluster_weight::HostRewriteSpecifier as H};
     if w.clusters.is_empty() {
-        return Err(ConfigError::field(format!("{field}.clusters"), "must not be empty"));
+        return Err(ConfigError::field(
+            format!("{field}.clusters"),
+            "must not be empty",
+        ));
     }
     if !w.runtime_key_prefix.is_empty() {
-        return Err(ConfigError::field(format!("{field}.runtime_key_prefix"), "is not supported (no runtime layer)"));
+        return Err(ConfigError::field(
+            format!("{field}.runtime_key_prefix"),
+            "is not supported (no runtime layer)",
+        ));
     }
     let mut clusters = Vec::with_capacity(w.clusters.len());
     let mut sum = 0u64;
     for (i, c) in w.clusters.iter().enumerate() {
         let cf = format!("{field}.clusters[{i}]");
         if c.metadata_match.is_some() {
-            return Err(ConfigError::field(format!("{cf}.metadata_match"), "is not supported"));
+            return Err(ConfigError::field(
+                format!("{cf}.metadata_match"),
+                "is not supported",
+            ));
         }
-        let header = (!c.cluster_header.is_empty()).then(|| header_name(&c.cluster_header, &format!("{cf}.cluster_header"))).transpose()?;
+        let header = (!c.cluster_header.is_empty())
+            .then(|| header_name(&c.cluster_header, &format!("{cf}.cluster_header")))
+            .transpose()?;
         if c.name.is_empty() == header.is_none() {
-            return Err(ConfigError::field(cf, "exactly one of name and cluster_header is required"));
+            return Err(ConfigError::field(
+                cf,
+                "exactly one of name and cluster_header is required",
+            ));
         }
         let weight = u64::from(c.weight.as_ref().map_or(0, |w| w.value));
         sum += weight;
@@ -518,38 +672,58 @@ fn weighted(w: &rpb::WeightedCluster, field: &str) -> Result<WeightedClusters, C
                 &format!("{cf}.response_headers_to_add"),
                 &format!("{cf}.response_headers_to_remove"),
             )?,
-            host_rewrite: match &c.host_rewrite_specifier {
-                Some(H::HostRewriteLiteral(s)) => Some(s.clone()),
-                None => None,
-            },
-            typed_per_filter_config: FilterConfigs::try_from_proto(&c.typed_per_filter_config, &format!("{cf}.typed_per_filter_config"))?,
+            host_rewrite: c
+                .host_rewrite_specifier
+                .as_ref()
+                .map(|H::HostRewriteLiteral(s)| s.clone()),
+            typed_per_filter_config: FilterConfigs::try_from_proto(
+                &c.typed_per_filter_config,
+                &format!("{cf}.typed_per_filter_config"),
+            )?,
         });
     }
     let total_weight = match &w.total_weight {
         Some(t) if u64::from(t.value) != sum => {
             return Err(ConfigError::field(
                 format!("{field}.total_weight"),
-                format!("sum of cluster weights ({sum}) must equal total_weight ({})", t.value),
+                format!(
+                    "sum of cluster weights ({sum}) must equal total_weight ({})",
+                    t.value
+                ),
             ));
         }
         Some(t) => u64::from(t.value),
         None => sum,
     };
     if total_weight == 0 {
-        return Err(ConfigError::field(format!("{field}.clusters"), "sum of weights must be greater than zero"));
+        return Err(ConfigError::field(
+            format!("{field}.clusters"),
+            "sum of weights must be greater than zero",
+        ));
     }
     let (random_header, use_hash_policy) = match &w.random_value_specifier {
-        Some(R::HeaderName(h)) => (Some(header_name(h, &format!("{field}.header_name"))?), false),
+        Some(R::HeaderName(h)) => (
+            Some(header_name(h, &format!("{field}.header_name"))?),
+            false,
+        ),
         Some(R::UseHashPolicy(b)) => (None, b.value),
         None => (None, false),
     };
-    Ok(WeightedClusters { clusters, total_weight, random_header, use_hash_policy })
+    Ok(WeightedClusters {
+        clusters,
+        total_weight,
+        random_header,
+        use_hash_policy,
+    })
 }
 
 #[derive(Debug, Clone)]
 pub enum PathRedirect {
     /// `path_redirect`; `has_query` when it carries its own query string.
-    Path { path: String, has_query: bool },
+    Path {
+        path: String,
+        has_query: bool,
+    },
     Prefix(String),
     Regex(RegexRewrite),
 }
@@ -575,10 +749,21 @@ impl Redirect {
         };
         let path = match &p.path_rewrite_specifier {
             None => None,
-            Some(P::PathRedirect(s)) => Some(PathRedirect::Path { path: s.clone(), has_query: s.contains('?') }),
+            Some(P::PathRedirect(s)) => Some(PathRedirect::Path {
+                path: s.clone(),
+                has_query: s.contains('?'),
+            }),
             Some(P::PrefixRewrite(s)) => Some(PathRedirect::Prefix(s.clone())),
-            Some(P::RegexRewrite(r)) => Some(PathRedirect::Regex(RegexRewrite::try_from_proto(r, &format!("{field}.regex_rewrite"))?)),
-            Some(P::PathRewrite(_)) => return Err(ConfigError::field(format!("{field}.path_rewrite"), "is not supported")),
+            Some(P::RegexRewrite(r)) => Some(PathRedirect::Regex(RegexRewrite::try_from_proto(
+                r,
+                &format!("{field}.regex_rewrite"),
+            )?)),
+            Some(P::PathRewrite(_)) => {
+                return Err(ConfigError::field(
+                    format!("{field}.path_rewrite"),
+                    "is not supported",
+                ));
+            }
         };
         let response_code = match p.response_code {
             0 => StatusCode::MOVED_PERMANENTLY,
@@ -586,11 +771,21 @@ impl Redirect {
             2 => StatusCode::SEE_OTHER,
             3 => StatusCode::TEMPORARY_REDIRECT,
             4 => StatusCode::PERMANENT_REDIRECT,
-            n => return Err(ConfigError::field(format!("{field}.response_code"), format!("unknown value {n}"))),
+            n => {
+                return Err(ConfigError::field(
+                    format!("{field}.response_code"),
+                    format!("unknown value {n}"),
+                ));
+            }
         };
         let port = match p.port_redirect {
             0 => None,
-            n => Some(u16::try_from(n).map_err(|_| ConfigError::field(format!("{field}.port_redirect"), format!("invalid port {n}")))?),
+            n => Some(u16::try_from(n).map_err(|_| {
+                ConfigError::field(
+                    format!("{field}.port_redirect"),
+                    format!("invalid port {n}"),
+                )
+            })?),
         };
         Ok(Redirect {
             scheme,
@@ -613,25 +808,47 @@ pub struct DirectResponse {
 pub const DEFAULT_MAX_DIRECT_RESPONSE_BODY: usize = 4096;
 
 impl DirectResponse {
-    pub fn try_from_proto(p: &rpb::DirectResponseAction, field: &str, max_body: usize) -> Result<Self, ConfigError> {
+    pub fn try_from_proto(
+        p: &rpb::DirectResponseAction,
+        field: &str,
+        max_body: usize,
+    ) -> Result<Self, ConfigError> {
         let status = u16::try_from(p.status)
             .ok()
             .filter(|s| (200..600).contains(s))
             .and_then(|s| StatusCode::from_u16(s).ok())
-            .ok_or_else(|| ConfigError::field(format!("{field}.status"), format!("invalid status {}", p.status)))?;
+            .ok_or_else(|| {
+                ConfigError::field(
+                    format!("{field}.status"),
+                    format!("invalid status {}", p.status),
+                )
+            })?;
         if p.body_format.is_some() {
-            return Err(ConfigError::field(format!("{field}.body_format"), "is not supported"));
+            return Err(ConfigError::field(
+                format!("{field}.body_format"),
+                "is not supported",
+            ));
         }
-        let body = p.body.as_ref().map(|b| data_source(b, &format!("{field}.body"))).transpose()?;
-        if let Some(b) = &body {
-            if b.len() > max_body {
-                return Err(ConfigError::field(
-                    format!("{field}.body"),
-                    format!("response body size is {} bytes; maximum is {max_body}", b.len()),
-                ));
-            }
+        let body = p
+            .body
+            .as_ref()
+            .map(|b| data_source(b, &format!("{field}.body")))
+            .transpose()?;
+        if let Some(b) = &body
+            && b.len() > max_body
+        {
+            return Err(ConfigError::field(
+                format!("{field}.body"),
+                format!(
+                    "response body size is {} bytes; maximum is {max_body}",
+                    b.len()
+                ),
+            ));
         }
-        Ok(DirectResponse { status, body: body.filter(|b| !b.is_empty()) })
+        Ok(DirectResponse {
+            status,
+            body: body.filter(|b| !b.is_empty()),
+        })
     }
 }
 
@@ -640,12 +857,20 @@ pub fn data_source(d: &DataSource, field: &str) -> Result<Bytes, ConfigError> {
     match &d.specifier {
         Some(Specifier::InlineString(s)) => Ok(Bytes::from(s.clone())),
         Some(Specifier::InlineBytes(b)) => Ok(Bytes::from(b.clone())),
-        Some(Specifier::Filename(path)) => std::fs::read(path)
-            .map(Bytes::from)
-            .map_err(|e| ConfigError::field(format!("{field}.filename"), format!("cannot read {path:?}: {e}"))),
-        Some(Specifier::EnvironmentVariable(v)) => std::env::var(v)
-            .map(Bytes::from)
-            .map_err(|_| ConfigError::field(format!("{field}.environment_variable"), format!("{v:?} is not set"))),
+        Some(Specifier::Filename(path)) => std::fs::read(path).map(Bytes::from).map_err(|e| {
+            ConfigError::field(
+                format!("{field}.filename"),
+                format!("cannot read {path:?}: {e}"),
+            )
+        }),
+        Some(Specifier::EnvironmentVariable(v)) => {
+            std::env::var(v).map(Bytes::from).map_err(|_| {
+                ConfigError::field(
+                    format!("{field}.environment_variable"),
+                    format!("{v:?} is not set"),
+                )
+            })
+        }
         None => Ok(Bytes::new()),
     }
 }
@@ -659,7 +884,10 @@ mod tests {
     fn re2_substitution_is_translated() {
         let r = RegexRewrite::try_from_proto(
             &RegexMatchAndSubstitute {
-                pattern: Some(RegexMatcher { regex: "^/service/([^/]+)(/.*)$".into(), engine_type: None }),
+                pattern: Some(RegexMatcher {
+                    regex: "^/service/([^/]+)(/.*)$".into(),
+                    engine_type: None,
+                }),
                 substitution: "\\2/instance/\\1$".into(),
             },
             "regex_rewrite",
@@ -667,11 +895,21 @@ mod tests {
         .expect("valid");
         assert_eq!(r.apply("/service/foo/v1/api"), "/v1/api/instance/foo$");
         let all = RegexRewrite::try_from_proto(
-            &RegexMatchAndSubstitute { pattern: Some(RegexMatcher { regex: "o".into(), engine_type: None }), substitution: "0".into() },
+            &RegexMatchAndSubstitute {
+                pattern: Some(RegexMatcher {
+                    regex: "o".into(),
+                    engine_type: None,
+                }),
+                substitution: "0".into(),
+            },
             "x",
         )
         .expect("valid");
-        assert_eq!(all.apply("/foo/boo"), "/f00/b00", "every match is replaced, as RE2 GlobalReplace");
+        assert_eq!(
+            all.apply("/foo/boo"),
+            "/f00/b00",
+            "every match is replaced, as RE2 GlobalReplace"
+        );
     }
 
     #[test]
@@ -685,7 +923,12 @@ mod tests {
             host_rewrite: None,
             typed_per_filter_config: FilterConfigs::default(),
         };
-        let w = WeightedClusters { clusters: vec![entry("a", 10), entry("b", 0), entry("c", 90)], total_weight: 100, random_header: None, use_hash_policy: false };
+        let w = WeightedClusters {
+            clusters: vec![entry("a", 10), entry("b", 0), entry("c", 90)],
+            total_weight: 100,
+            random_header: None,
+            use_hash_policy: false,
+        };
         assert_eq!(&*w.pick(0).name, "a");
         assert_eq!(&*w.pick(9).name, "a");
         assert_eq!(&*w.pick(10).name, "c");

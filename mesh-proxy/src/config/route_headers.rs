@@ -6,7 +6,9 @@
 // `total_weight`, ...); configs from older control planes use them, so we read them too.
 #![allow(deprecated)]
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderValueOption, header_value_option::HeaderAppendAction};
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValueOption, header_value_option::HeaderAppendAction,
+};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::ConfigError;
@@ -63,7 +65,10 @@ impl HeaderMutations {
         for (i, r) in remove.iter().enumerate() {
             let field = format!("{remove_field}[{i}]");
             if !modifiable(r) {
-                return Err(ConfigError::field(field, format!(":-prefixed or host headers may not be removed: {r:?}")));
+                return Err(ConfigError::field(
+                    field,
+                    format!(":-prefixed or host headers may not be removed: {r:?}"),
+                ));
             }
             out.remove.push(
                 HeaderName::from_bytes(r.to_ascii_lowercase().as_bytes())
@@ -78,16 +83,25 @@ impl HeaderMutations {
             if !modifiable(&h.key) {
                 return Err(ConfigError::field(
                     format!("{field}.header.key"),
-                    format!(":-prefixed or host headers may not be modified: {:?}", h.key),
+                    format!(
+                        ":-prefixed or host headers may not be modified: {:?}",
+                        h.key
+                    ),
                 ));
             }
-            let name = HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes())
-                .map_err(|_| ConfigError::field(format!("{field}.header.key"), format!("invalid header name {:?}", h.key)))?;
+            let name =
+                HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                    ConfigError::field(
+                        format!("{field}.header.key"),
+                        format!("invalid header name {:?}", h.key),
+                    )
+                })?;
             let raw = if h.raw_value.is_empty() {
                 h.value.clone()
             } else {
-                String::from_utf8(h.raw_value.clone())
-                    .map_err(|_| ConfigError::field(format!("{field}.header.raw_value"), "must be UTF-8"))?
+                String::from_utf8(h.raw_value.clone()).map_err(|_| {
+                    ConfigError::field(format!("{field}.header.raw_value"), "must be UTF-8")
+                })?
             };
             let action = match (&o.append, HeaderAppendAction::try_from(o.append_action)) {
                 (Some(_), Ok(a)) if a != HeaderAppendAction::AppendIfExistsOrAdd => {
@@ -98,10 +112,16 @@ impl HeaderMutations {
                 }
                 (Some(b), _) if b.value => AppendAction::AppendIfExistsOrAdd,
                 (Some(_), _) => AppendAction::OverwriteIfExistsOrAdd,
-                (None, Ok(HeaderAppendAction::AppendIfExistsOrAdd)) => AppendAction::AppendIfExistsOrAdd,
+                (None, Ok(HeaderAppendAction::AppendIfExistsOrAdd)) => {
+                    AppendAction::AppendIfExistsOrAdd
+                }
                 (None, Ok(HeaderAppendAction::AddIfAbsent)) => AppendAction::AddIfAbsent,
-                (None, Ok(HeaderAppendAction::OverwriteIfExistsOrAdd)) => AppendAction::OverwriteIfExistsOrAdd,
-                (None, Ok(HeaderAppendAction::OverwriteIfExists)) => AppendAction::OverwriteIfExists,
+                (None, Ok(HeaderAppendAction::OverwriteIfExistsOrAdd)) => {
+                    AppendAction::OverwriteIfExistsOrAdd
+                }
+                (None, Ok(HeaderAppendAction::OverwriteIfExists)) => {
+                    AppendAction::OverwriteIfExists
+                }
                 (None, Err(_)) => {
                     return Err(ConfigError::field(
                         format!("{field}.append_action"),
@@ -109,17 +129,26 @@ impl HeaderMutations {
                     ));
                 }
             };
-            let formatter = Formatter::parse(&raw).map_err(|e| ConfigError::field(format!("{field}.header.value"), e.to_string()))?;
+            let formatter = Formatter::parse(&raw)
+                .map_err(|e| ConfigError::field(format!("{field}.header.value"), e.to_string()))?;
             let value = if formatter.is_literal() {
                 // `%%` escapes are resolved by formatting once with no context needed.
                 let lit = raw.replace("%%", "%");
                 HeaderValueSource::Literal(HeaderValue::from_str(&lit).map_err(|_| {
-                    ConfigError::field(format!("{field}.header.value"), format!("invalid header value {raw:?}"))
+                    ConfigError::field(
+                        format!("{field}.header.value"),
+                        format!("invalid header value {raw:?}"),
+                    )
                 })?)
             } else {
                 HeaderValueSource::Format(formatter)
             };
-            out.add.push(HeaderAdd { name, value, action, keep_empty_value: o.keep_empty_value });
+            out.add.push(HeaderAdd {
+                name,
+                value,
+                action,
+                keep_empty_value: o.keep_empty_value,
+            });
         }
         Ok(out)
     }
@@ -154,7 +183,9 @@ impl HeaderMutations {
 
     /// True when any value needs a formatting context.
     pub fn needs_context(&self) -> bool {
-        self.add.iter().any(|a| matches!(a.value, HeaderValueSource::Format(_)))
+        self.add
+            .iter()
+            .any(|a| matches!(a.value, HeaderValueSource::Format(_)))
     }
 }
 
@@ -182,11 +213,17 @@ fn apply_one(target: &mut HeaderMap, name: &HeaderName, value: HeaderValue, acti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::{envoy::config::core::v3::HeaderValue as PbHv, google::protobuf::BoolValue};
+    use envoy_types::pb::{
+        envoy::config::core::v3::HeaderValue as PbHv, google::protobuf::BoolValue,
+    };
 
     fn opt(k: &str, v: &str, action: i32, append: Option<bool>) -> HeaderValueOption {
         HeaderValueOption {
-            header: Some(PbHv { key: k.into(), value: v.into(), raw_value: vec![] }),
+            header: Some(PbHv {
+                key: k.into(),
+                value: v.into(),
+                raw_value: vec![],
+            }),
             append: append.map(|value| BoolValue { value }),
             append_action: action,
             keep_empty_value: false,
@@ -217,7 +254,11 @@ mod tests {
         h.insert("x-legacy", "old".parse().expect("v"));
         h.insert("x-gone", "old".parse().expect("v"));
         m.apply(&mut h, None);
-        let all: Vec<_> = h.get_all("x-append").iter().map(|v| v.to_str().expect("ascii")).collect();
+        let all: Vec<_> = h
+            .get_all("x-append")
+            .iter()
+            .map(|v| v.to_str().expect("ascii"))
+            .collect();
         assert_eq!(all, ["1", "2"]);
         assert_eq!(h["x-absent"], "new");
         assert_eq!(h["x-present"], "old");
@@ -230,15 +271,32 @@ mod tests {
 
     #[test]
     fn rejects_pseudo_and_host_and_bad_formats() {
-        let e = HeaderMutations::try_from_proto(&[opt(":path", "/x", 0, None)], &[], "request_headers_to_add", "r")
-            .expect_err("rejects");
+        let e = HeaderMutations::try_from_proto(
+            &[opt(":path", "/x", 0, None)],
+            &[],
+            "request_headers_to_add",
+            "r",
+        )
+        .expect_err("rejects");
         assert_eq!(e.field, "request_headers_to_add[0].header.key");
-        let e = HeaderMutations::try_from_proto(&[], &["Host".into()], "a", "request_headers_to_remove").expect_err("rejects");
+        let e = HeaderMutations::try_from_proto(
+            &[],
+            &["Host".into()],
+            "a",
+            "request_headers_to_remove",
+        )
+        .expect_err("rejects");
         assert_eq!(e.field, "request_headers_to_remove[0]");
-        let e = HeaderMutations::try_from_proto(&[opt("x", "%BOGUS%", 0, None)], &[], "response_headers_to_add", "r")
-            .expect_err("rejects");
+        let e = HeaderMutations::try_from_proto(
+            &[opt("x", "%BOGUS%", 0, None)],
+            &[],
+            "response_headers_to_add",
+            "r",
+        )
+        .expect_err("rejects");
         assert!(e.message.contains("BOGUS"), "{e}");
-        let e = HeaderMutations::try_from_proto(&[opt("x", "v", 2, Some(true))], &[], "a", "r").expect_err("rejects");
+        let e = HeaderMutations::try_from_proto(&[opt("x", "v", 2, Some(true))], &[], "a", "r")
+            .expect_err("rejects");
         assert!(e.field.ends_with(".append"));
     }
 }

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use envoy_types::pb::envoy::{
     config::{core::v3::RuntimeFractionalPercent, route::v3 as rpb},
     r#type::{
-        matcher::v3::{RegexMatcher, StringMatcher as PbStringMatcher, string_matcher::MatchPattern},
+        matcher::v3::{
+            RegexMatcher, StringMatcher as PbStringMatcher, string_matcher::MatchPattern,
+        },
         v3::FractionalPercent,
     },
 };
@@ -36,7 +38,8 @@ pub fn search_regex(m: &RegexMatcher, field: &str) -> Result<Regex, ConfigError>
     if m.regex.is_empty() {
         return Err(ConfigError::field(field, "regex must not be empty"));
     }
-    Regex::new(&m.regex).map_err(|e| ConfigError::field(field, format!("invalid regex {:?}: {e}", m.regex)))
+    Regex::new(&m.regex)
+        .map_err(|e| ConfigError::field(field, format!("invalid regex {:?}: {e}", m.regex)))
 }
 
 /// Envoy's `type.matcher.v3.StringMatcher`.
@@ -58,22 +61,36 @@ pub struct StringMatcher {
 
 impl StringMatcher {
     pub fn try_from_proto(m: &PbStringMatcher, field: &str) -> Result<Self, ConfigError> {
-        let lower = |s: &String| if m.ignore_case { s.to_ascii_lowercase() } else { s.clone() };
+        let lower = |s: &String| {
+            if m.ignore_case {
+                s.to_ascii_lowercase()
+            } else {
+                s.clone()
+            }
+        };
         let kind = match &m.match_pattern {
             Some(MatchPattern::Exact(s)) => StringMatch::Exact(lower(s)),
             Some(MatchPattern::Prefix(s)) => StringMatch::Prefix(lower(s)),
             Some(MatchPattern::Suffix(s)) => StringMatch::Suffix(lower(s)),
             Some(MatchPattern::Contains(s)) => StringMatch::Contains(lower(s)),
-            Some(MatchPattern::SafeRegex(r)) => StringMatch::Regex(full_regex(r, &format!("{field}.safe_regex"))?),
+            Some(MatchPattern::SafeRegex(r)) => {
+                StringMatch::Regex(full_regex(r, &format!("{field}.safe_regex"))?)
+            }
             Some(MatchPattern::Custom(c)) => {
                 return Err(ConfigError::field(
                     format!("{field}.custom"),
-                    format!("custom string matcher extension {:?} is not supported", c.name),
+                    format!(
+                        "custom string matcher extension {:?} is not supported",
+                        c.name
+                    ),
                 ));
             }
             None => return Err(ConfigError::field(field, "a match pattern is required")),
         };
-        Ok(StringMatcher { kind, ignore_case: m.ignore_case })
+        Ok(StringMatcher {
+            kind,
+            ignore_case: m.ignore_case,
+        })
     }
 
     pub fn matches(&self, value: &str) -> bool {
@@ -115,19 +132,24 @@ impl PathMatch {
             if case_sensitive {
                 path.starts_with(p)
             } else {
-                path.len() >= p.len() && path.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+                path.len() >= p.len()
+                    && path.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
             }
         };
         match self {
             PathMatch::Prefix(p) => starts(p).then_some(p.len()),
             PathMatch::Exact(p) => {
-                let eq = if case_sensitive { path == p } else { path.eq_ignore_ascii_case(p) };
+                let eq = if case_sensitive {
+                    path == p
+                } else {
+                    path.eq_ignore_ascii_case(p)
+                };
                 eq.then_some(p.len())
             }
             PathMatch::Regex(r) => r.is_match(path).then_some(path.len()),
-            PathMatch::SeparatedPrefix(p) => {
-                (starts(p) && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))).then_some(p.len())
-            }
+            PathMatch::SeparatedPrefix(p) => (starts(p)
+                && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+            .then_some(p.len()),
         }
     }
 }
@@ -171,29 +193,56 @@ impl HeaderMatcher {
             ":authority" => Some(Pseudo::Authority),
             ":scheme" => Some(Pseudo::Scheme),
             n if n.starts_with(':') => {
-                return Err(ConfigError::field(format!("{field}.name"), format!("unknown pseudo header {:?}", m.name)));
+                return Err(ConfigError::field(
+                    format!("{field}.name"),
+                    format!("unknown pseudo header {:?}", m.name),
+                ));
             }
             _ => None,
         };
         let name = if pseudo.is_some() {
             HeaderName::from_static("x-mesh-pseudo")
         } else {
-            HeaderName::from_bytes(lname.as_bytes())
-                .map_err(|_| ConfigError::field(format!("{field}.name"), format!("invalid header name {:?}", m.name)))?
+            HeaderName::from_bytes(lname.as_bytes()).map_err(|_| {
+                ConfigError::field(
+                    format!("{field}.name"),
+                    format!("invalid header name {:?}", m.name),
+                )
+            })?
         };
         let kind = match &m.header_match_specifier {
             Some(S::ExactMatch(s)) => HeaderMatch::Exact(s.clone()),
-            Some(S::SafeRegexMatch(r)) => HeaderMatch::Regex(full_regex(r, &format!("{field}.safe_regex_match"))?),
+            Some(S::SafeRegexMatch(r)) => {
+                HeaderMatch::Regex(full_regex(r, &format!("{field}.safe_regex_match"))?)
+            }
             Some(S::RangeMatch(r)) => HeaderMatch::Range(r.start, r.end),
             Some(S::PresentMatch(p)) => HeaderMatch::Present(*p),
-            Some(S::PrefixMatch(s)) => HeaderMatch::String(StringMatcher { kind: StringMatch::Prefix(s.clone()), ignore_case: false }),
-            Some(S::SuffixMatch(s)) => HeaderMatch::String(StringMatcher { kind: StringMatch::Suffix(s.clone()), ignore_case: false }),
-            Some(S::ContainsMatch(s)) => HeaderMatch::String(StringMatcher { kind: StringMatch::Contains(s.clone()), ignore_case: false }),
-            Some(S::StringMatch(s)) => HeaderMatch::String(StringMatcher::try_from_proto(s, &format!("{field}.string_match"))?),
+            Some(S::PrefixMatch(s)) => HeaderMatch::String(StringMatcher {
+                kind: StringMatch::Prefix(s.clone()),
+                ignore_case: false,
+            }),
+            Some(S::SuffixMatch(s)) => HeaderMatch::String(StringMatcher {
+                kind: StringMatch::Suffix(s.clone()),
+                ignore_case: false,
+            }),
+            Some(S::ContainsMatch(s)) => HeaderMatch::String(StringMatcher {
+                kind: StringMatch::Contains(s.clone()),
+                ignore_case: false,
+            }),
+            Some(S::StringMatch(s)) => HeaderMatch::String(StringMatcher::try_from_proto(
+                s,
+                &format!("{field}.string_match"),
+            )?),
             // No specifier: Envoy matches when the header is present.
             None => HeaderMatch::Present(true),
         };
-        Ok(HeaderMatcher { name, pseudo, kind, invert: m.invert_match, treat_missing_as_empty: m.treat_missing_header_as_empty })
+        Ok(HeaderMatcher {
+            name,
+            pseudo,
+            kind,
+            invert: m.invert_match,
+            treat_missing_as_empty: m.treat_missing_header_as_empty,
+        })
     }
 
     /// Matches against a header's value; `None` when absent. Repeated headers are joined
@@ -211,7 +260,9 @@ impl HeaderMatcher {
             (_, None) => return false,
             (HeaderMatch::Exact(s), Some(v)) => v == s,
             (HeaderMatch::Regex(r), Some(v)) => r.is_match(v),
-            (HeaderMatch::Range(start, end), Some(v)) => v.parse::<i64>().is_ok_and(|n| n >= *start && n < *end),
+            (HeaderMatch::Range(start, end), Some(v)) => {
+                v.parse::<i64>().is_ok_and(|n| n >= *start && n < *end)
+            }
             (HeaderMatch::String(m), Some(v)) => m.matches(v),
         };
         result != self.invert
@@ -220,7 +271,9 @@ impl HeaderMatcher {
     /// Matches against a request's headers (pseudo headers are resolved by the caller).
     pub fn matches(&self, headers: &HeaderMap) -> bool {
         let mut values = headers.get_all(&self.name).iter();
-        let Some(first) = values.next() else { return self.matches_value(None) };
+        let Some(first) = values.next() else {
+            return self.matches_value(None);
+        };
         let Some(second) = values.next() else {
             return self.matches_value(Some(first.to_str().unwrap_or("")));
         };
@@ -248,25 +301,38 @@ pub struct QueryParamMatcher {
 }
 
 impl QueryParamMatcher {
-    pub fn try_from_proto(m: &rpb::QueryParameterMatcher, field: &str) -> Result<Self, ConfigError> {
+    pub fn try_from_proto(
+        m: &rpb::QueryParameterMatcher,
+        field: &str,
+    ) -> Result<Self, ConfigError> {
         use rpb::query_parameter_matcher::QueryParameterMatchSpecifier as S;
         if m.name.is_empty() {
-            return Err(ConfigError::field(format!("{field}.name"), "must not be empty"));
+            return Err(ConfigError::field(
+                format!("{field}.name"),
+                "must not be empty",
+            ));
         }
         let kind = match &m.query_parameter_match_specifier {
             Some(S::PresentMatch(p)) => QueryMatch::Present(*p),
-            Some(S::StringMatch(s)) => QueryMatch::String(StringMatcher::try_from_proto(s, &format!("{field}.string_match"))?),
+            Some(S::StringMatch(s)) => QueryMatch::String(StringMatcher::try_from_proto(
+                s,
+                &format!("{field}.string_match"),
+            )?),
             None => QueryMatch::Any,
         };
-        Ok(QueryParamMatcher { name: m.name.clone(), kind })
+        Ok(QueryParamMatcher {
+            name: m.name.clone(),
+            kind,
+        })
     }
 
     /// Envoy's semantics: the first value of the (decoded) parameter is matched; an
     /// absent parameter never matches.
     pub fn matches(&self, query: Option<&str>) -> bool {
         let Some(query) = query else { return false };
-        let Some(value) =
-            form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == &self.name).map(|(_, v)| v)
+        let Some(value) = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == &self.name)
+            .map(|(_, v)| v)
         else {
             return false;
         };
@@ -292,15 +358,26 @@ impl Fraction {
             0 => 100,
             1 => 10_000,
             2 => 1_000_000,
-            d => return Err(ConfigError::field(format!("{field}.denominator"), format!("unknown denominator {d}"))),
+            d => {
+                return Err(ConfigError::field(
+                    format!("{field}.denominator"),
+                    format!("unknown denominator {d}"),
+                ));
+            }
         };
-        Ok(Fraction { numerator: u64::from(p.numerator).min(denominator), denominator })
+        Ok(Fraction {
+            numerator: u64::from(p.numerator).min(denominator),
+            denominator,
+        })
     }
 
     pub fn from_runtime(p: &RuntimeFractionalPercent, field: &str) -> Result<Self, ConfigError> {
         match &p.default_value {
             Some(v) => Fraction::from_proto(v, &format!("{field}.default_value")),
-            None => Err(ConfigError::field(format!("{field}.default_value"), "is required")),
+            None => Err(ConfigError::field(
+                format!("{field}.default_value"),
+                "is required",
+            )),
         }
     }
 
@@ -325,7 +402,8 @@ impl DomainTable {
     /// Adds `domain` for vhost `idx`; `Err` names a duplicate or malformed domain.
     pub fn insert(&mut self, domain: &str, idx: usize) -> Result<(), String> {
         let d = domain.to_ascii_lowercase();
-        let duplicate = || format!("only unique values for domains are permitted: duplicate domain {domain:?}");
+        let duplicate =
+            || format!("only unique values for domains are permitted: duplicate domain {domain:?}");
         if d.is_empty() {
             return Err("domain must not be empty".to_string());
         }
@@ -337,7 +415,9 @@ impl DomainTable {
         }
         let stars = d.matches('*').count();
         if stars > 1 || (stars == 1 && !d.starts_with('*') && !d.ends_with('*')) {
-            return Err(format!("domain {domain:?}: a wildcard may only be the first or last character"));
+            return Err(format!(
+                "domain {domain:?}: a wildcard may only be the first or last character"
+            ));
         }
         let (table, key) = if let Some(suffix) = d.strip_prefix('*') {
             (&mut self.suffixes, suffix.to_string())
@@ -369,17 +449,17 @@ impl DomainTable {
             return Some(*i);
         }
         for (len, map) in &self.suffixes {
-            if *len < host.len() {
-                if let Some(i) = host.get(host.len() - len..).and_then(|s| map.get(s)) {
-                    return Some(*i);
-                }
+            if *len < host.len()
+                && let Some(i) = host.get(host.len() - len..).and_then(|s| map.get(s))
+            {
+                return Some(*i);
             }
         }
         for (len, map) in &self.prefixes {
-            if *len < host.len() {
-                if let Some(i) = host.get(..*len).and_then(|s| map.get(s)) {
-                    return Some(*i);
-                }
+            if *len < host.len()
+                && let Some(i) = host.get(..*len).and_then(|s| map.get(s))
+            {
+                return Some(*i);
             }
         }
         self.default
@@ -417,7 +497,14 @@ mod tests {
 
     #[test]
     fn domain_precedence_is_envoys() {
-        let t = table(&[&["*"], &["*.foo.com"], &["*.bar.foo.com"], &["www.foo.com", "www.foo.com:8080"], &["api.*"], &["api.foo.*"]]);
+        let t = table(&[
+            &["*"],
+            &["*.foo.com"],
+            &["*.bar.foo.com"],
+            &["www.foo.com", "www.foo.com:8080"],
+            &["api.*"],
+            &["api.foo.*"],
+        ]);
         assert_eq!(t.find("www.foo.com"), Some(3));
         assert_eq!(t.find("www.foo.com:8080"), Some(3));
         // Without port stripping the port is part of the host, as in Envoy.
@@ -453,12 +540,30 @@ mod tests {
 
     #[test]
     fn path_matches() {
-        assert_eq!(PathMatch::Prefix("/api".into()).match_len("/api/v1", true), Some(4));
-        assert_eq!(PathMatch::Prefix("/API".into()).match_len("/api/v1", true), None);
-        assert_eq!(PathMatch::Prefix("/API".into()).match_len("/api/v1", false), Some(4));
-        assert_eq!(PathMatch::SeparatedPrefix("/api".into()).match_len("/api", true), Some(4));
-        assert_eq!(PathMatch::SeparatedPrefix("/api".into()).match_len("/api/x", true), Some(4));
-        assert_eq!(PathMatch::SeparatedPrefix("/api".into()).match_len("/apix", true), None);
+        assert_eq!(
+            PathMatch::Prefix("/api".into()).match_len("/api/v1", true),
+            Some(4)
+        );
+        assert_eq!(
+            PathMatch::Prefix("/API".into()).match_len("/api/v1", true),
+            None
+        );
+        assert_eq!(
+            PathMatch::Prefix("/API".into()).match_len("/api/v1", false),
+            Some(4)
+        );
+        assert_eq!(
+            PathMatch::SeparatedPrefix("/api".into()).match_len("/api", true),
+            Some(4)
+        );
+        assert_eq!(
+            PathMatch::SeparatedPrefix("/api".into()).match_len("/api/x", true),
+            Some(4)
+        );
+        assert_eq!(
+            PathMatch::SeparatedPrefix("/api".into()).match_len("/apix", true),
+            None
+        );
         assert_eq!(PathMatch::Exact("/a".into()).match_len("/a/", true), None);
     }
 
@@ -477,7 +582,10 @@ mod tests {
         assert!(m(HeaderMatch::Present(false), false).matches_value(None));
         assert!(!m(HeaderMatch::Present(true), false).matches_value(None));
         assert!(m(HeaderMatch::Present(true), true).matches_value(None));
-        assert!(!m(HeaderMatch::Exact("a".into()), true).matches_value(None), "absent never matches a value matcher, even inverted");
+        assert!(
+            !m(HeaderMatch::Exact("a".into()), true).matches_value(None),
+            "absent never matches a value matcher, even inverted"
+        );
         assert!(m(HeaderMatch::Exact("a".into()), true).matches_value(Some("b")));
         let mut headers = HeaderMap::new();
         headers.append("x", "a".parse().expect("v"));
@@ -487,11 +595,17 @@ mod tests {
 
     #[test]
     fn query_semantics() {
-        let q = |kind| QueryParamMatcher { name: "debug".into(), kind };
+        let q = |kind| QueryParamMatcher {
+            name: "debug".into(),
+            kind,
+        };
         assert!(q(QueryMatch::Any).matches(Some("a=1&debug=")));
         assert!(!q(QueryMatch::Any).matches(Some("a=1")));
         assert!(!q(QueryMatch::Present(false)).matches(Some("debug=1")));
-        let exact = StringMatcher { kind: StringMatch::Exact("a b".into()), ignore_case: false };
+        let exact = StringMatcher {
+            kind: StringMatch::Exact("a b".into()),
+            ignore_case: false,
+        };
         assert!(q(QueryMatch::String(exact)).matches(Some("debug=a%20b&debug=c")));
     }
 

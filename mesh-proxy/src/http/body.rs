@@ -44,7 +44,9 @@ impl UpstreamBody {
     }
 
     pub fn bytes(b: Bytes) -> Self {
-        UpstreamBody::Bytes { data: (!b.is_empty()).then_some(b) }
+        UpstreamBody::Bytes {
+            data: (!b.is_empty()).then_some(b),
+        }
     }
 }
 
@@ -52,10 +54,15 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             UpstreamBodyProj::Incoming { body } => body.poll_frame(cx),
-            UpstreamBodyProj::Bytes { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            UpstreamBodyProj::Bytes { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
         }
     }
 
@@ -69,7 +76,9 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Incoming { body } => body.size_hint(),
-            UpstreamBody::Bytes { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            UpstreamBody::Bytes { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }
@@ -114,7 +123,12 @@ impl Timers {
             return None;
         }
         let now = Instant::now();
-        let mut t = Timers { sleep: Box::pin(tokio::time::sleep_until(now)), idle, deadline, last_activity: now };
+        let mut t = Timers {
+            sleep: Box::pin(tokio::time::sleep_until(now)),
+            idle,
+            deadline,
+            last_activity: now,
+        };
         let next = t.next_deadline();
         t.sleep.as_mut().reset(next);
         Some(t)
@@ -169,7 +183,13 @@ impl ResponseBody {
     }
 
     pub fn new(source: Source) -> Self {
-        ResponseBody { source, timers: None, bytes_sent: 0, on_complete: None, _hold: None }
+        ResponseBody {
+            source,
+            timers: None,
+            bytes_sent: 0,
+            on_complete: None,
+            _hold: None,
+        }
     }
 
     /// Applies the stream idle timeout and an absolute deadline (route timeout).
@@ -207,7 +227,11 @@ impl Drop for ResponseBody {
                 Source::Full(d) => d.is_none(),
                 Source::Upstream(b) => b.is_end_stream(),
             };
-            self.finish(if done { Outcome::Complete } else { Outcome::DownstreamGone });
+            self.finish(if done {
+                Outcome::Complete
+            } else {
+                Outcome::DownstreamGone
+            });
         }
     }
 }
@@ -224,11 +248,16 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let polled = match &mut this.source {
             Source::Full(d) => Poll::Ready(d.take().map(|d| Ok(Frame::data(d)))),
-            Source::Upstream(b) => Pin::new(b).poll_frame(cx).map(|o| o.map(|r| r.map_err(BodyError::from))),
+            Source::Upstream(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(BodyError::from))),
         };
         match polled {
             Poll::Pending => {

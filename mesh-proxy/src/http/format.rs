@@ -32,7 +32,10 @@ pub struct Formatter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Lit(Box<str>),
-    Cmd { cmd: Command, max_len: Option<usize> },
+    Cmd {
+        cmd: Command,
+        max_len: Option<usize>,
+    },
 }
 
 /// Where a `%REQ(..)%`-style command reads from.
@@ -53,11 +56,19 @@ enum Command {
     StartTime(Option<Box<str>>),
     Hostname,
     Protocol,
-    DownstreamRemoteAddress { port: bool },
-    DownstreamDirectRemoteAddress { port: bool },
-    DownstreamLocalAddress { port: bool },
+    DownstreamRemoteAddress {
+        port: bool,
+    },
+    DownstreamDirectRemoteAddress {
+        port: bool,
+    },
+    DownstreamLocalAddress {
+        port: bool,
+    },
     DownstreamLocalPort,
-    UpstreamRemoteAddress { port: bool },
+    UpstreamRemoteAddress {
+        port: bool,
+    },
     UpstreamLocalAddress,
     UpstreamCluster,
     RouteName,
@@ -120,7 +131,9 @@ impl Formatter {
         if !lit.is_empty() {
             parts.push(Part::Lit(lit.into_boxed_str()));
         }
-        Ok(Formatter { parts: parts.into_boxed_slice() })
+        Ok(Formatter {
+            parts: parts.into_boxed_slice(),
+        })
     }
 
     /// True when the format has no commands (its output never changes).
@@ -166,13 +179,19 @@ fn truncate_at_char(out: &mut String, mut at: usize) {
     out.truncate(at);
 }
 
+/// (command name, argument, max length, bytes consumed).
+type Scanned<'a> = (&'a str, Option<&'a str>, Option<usize>, usize);
+
 /// Finds the extent of the command starting at `input[start] == '%'`:
 /// `%NAME%`, `%NAME(arg)%`, `%NAME(arg):N%`. Returns (name, arg, max_len, bytes consumed).
 fn scan_command(
     input: &str,
     start: usize,
-) -> Result<(&str, Option<&str>, Option<usize>, usize), FormatError> {
-    let no_cmd = || FormatError::NoCommand { input: input.to_string(), pos: start };
+) -> Result<Scanned<'_>, FormatError> {
+    let no_cmd = || FormatError::NoCommand {
+        input: input.to_string(),
+        pos: start,
+    };
     let rest = &input[start + 1..];
     let name_len = rest
         .bytes()
@@ -191,7 +210,10 @@ fn scan_command(
     }
     let mut max_len = None;
     if rest[pos..].starts_with(':') {
-        let digits = rest[pos + 1..].bytes().take_while(u8::is_ascii_digit).count();
+        let digits = rest[pos + 1..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
         if digits == 0 {
             return Err(no_cmd());
         }
@@ -205,8 +227,10 @@ fn scan_command(
 }
 
 fn parse_command(input: &str, name: &str, arg: Option<&str>) -> Result<Command, FormatError> {
-    let unsupported =
-        || FormatError::Unsupported { input: input.to_string(), command: name.to_string() };
+    let unsupported = || FormatError::Unsupported {
+        input: input.to_string(),
+        command: name.to_string(),
+    };
     let need_arg = || match arg {
         Some(a) if !a.is_empty() => Ok(a),
         _ => Err(FormatError::Invalid {
@@ -219,7 +243,12 @@ fn parse_command(input: &str, name: &str, arg: Option<&str>) -> Result<Command, 
             Some((m, alt)) => (m, Some(alt)),
             None => (a, None),
         };
-        let h = |s: &str| header_ref(s).map_err(|what| FormatError::Invalid { input: input.to_string(), what });
+        let h = |s: &str| {
+            header_ref(s).map_err(|what| FormatError::Invalid {
+                input: input.to_string(),
+                what,
+            })
+        };
         Ok((h(main)?, alt.map(h).transpose()?))
     };
     Ok(match name {
@@ -237,12 +266,17 @@ fn parse_command(input: &str, name: &str, arg: Option<&str>) -> Result<Command, 
         }
         "START_TIME" => Command::StartTime(arg.filter(|a| !a.is_empty()).map(|a| {
             // Envoy's `%E3S` (seconds with 3 decimals) and `%f` (nanoseconds) in jiff terms.
-            a.replace("%E3S", "%S.%3f").replace("%E6S", "%S.%6f").replace("%E9S", "%S.%9f").into()
+            a.replace("%E3S", "%S.%3f")
+                .replace("%E6S", "%S.%6f")
+                .replace("%E9S", "%S.%9f")
+                .into()
         })),
         "HOSTNAME" => Command::Hostname,
         "PROTOCOL" => Command::Protocol,
         "DOWNSTREAM_REMOTE_ADDRESS" => Command::DownstreamRemoteAddress { port: true },
-        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Command::DownstreamRemoteAddress { port: false },
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
+            Command::DownstreamRemoteAddress { port: false }
+        }
         "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => Command::DownstreamDirectRemoteAddress { port: true },
         "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
             Command::DownstreamDirectRemoteAddress { port: false }
@@ -250,7 +284,9 @@ fn parse_command(input: &str, name: &str, arg: Option<&str>) -> Result<Command, 
         "DOWNSTREAM_LOCAL_ADDRESS" => Command::DownstreamLocalAddress { port: true },
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Command::DownstreamLocalAddress { port: false },
         "DOWNSTREAM_LOCAL_PORT" => Command::DownstreamLocalPort,
-        "UPSTREAM_REMOTE_ADDRESS" | "UPSTREAM_HOST" => Command::UpstreamRemoteAddress { port: true },
+        "UPSTREAM_REMOTE_ADDRESS" | "UPSTREAM_HOST" => {
+            Command::UpstreamRemoteAddress { port: true }
+        }
         "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Command::UpstreamRemoteAddress { port: false },
         "UPSTREAM_LOCAL_ADDRESS" => Command::UpstreamLocalAddress,
         "UPSTREAM_CLUSTER" => Command::UpstreamCluster,
@@ -295,7 +331,8 @@ fn header_ref(name: &str) -> Result<HeaderRef, String> {
         ":authority" | "host" => HeaderRef::Authority,
         ":scheme" => HeaderRef::Scheme,
         other => HeaderRef::Named(
-            HeaderName::from_bytes(other.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?,
+            HeaderName::from_bytes(other.as_bytes())
+                .map_err(|_| format!("invalid header name {name:?}"))?,
         ),
     })
 }
@@ -311,7 +348,11 @@ fn hostname() -> &'static str {
 
 fn write_addr(out: &mut String, addr: SocketAddr, port: bool) {
     // Writing to a String never fails.
-    let _ = if port { write!(out, "{addr}") } else { write!(out, "{}", addr.ip()) };
+    let _ = if port {
+        write!(out, "{addr}")
+    } else {
+        write!(out, "{}", addr.ip())
+    };
 }
 
 fn write_header(headers: &HeaderMap, h: &HeaderRef, ctx: &FormatCtx<'_>, out: &mut String) -> bool {
@@ -331,7 +372,9 @@ fn write_header(headers: &HeaderMap, h: &HeaderRef, ctx: &FormatCtx<'_>, out: &m
         },
         HeaderRef::Named(name) => {
             let mut values = headers.get_all(name).iter();
-            let Some(first) = values.next() else { return false };
+            let Some(first) = values.next() else {
+                return false;
+            };
             out.push_str(&String::from_utf8_lossy(first.as_bytes()));
             // Envoy joins repeated headers with ',' when formatting.
             for v in values {
@@ -345,9 +388,11 @@ fn write_header(headers: &HeaderMap, h: &HeaderRef, ctx: &FormatCtx<'_>, out: &m
 
 /// The request authority: the URI's (HTTP/2, absolute-form) or the Host header.
 pub fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    uri.authority()
-        .map(|a| a.as_str())
-        .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+    uri.authority().map(|a| a.as_str()).or_else(|| {
+        headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 fn write_pair(
@@ -358,7 +403,9 @@ fn write_pair(
     out: &mut String,
 ) -> bool {
     let Some(headers) = headers else { return false };
-    write_header(headers, a, ctx, out) || b.as_ref().is_some_and(|b| write_header(headers, b, ctx, out))
+    write_header(headers, a, ctx, out)
+        || b.as_ref()
+            .is_some_and(|b| write_header(headers, b, ctx, out))
 }
 
 impl Command {
@@ -370,7 +417,9 @@ impl Command {
             Command::Resp(a, b) => write_pair(ctx.resp_headers, a, b, ctx, out),
             Command::Trailer(a, b) => write_pair(ctx.resp_trailers, a, b, ctx, out),
             Command::StartTime(fmt) => {
-                let Ok(ts) = jiff::Timestamp::try_from(info.start_time) else { return false };
+                let Ok(ts) = jiff::Timestamp::try_from(info.start_time) else {
+                    return false;
+                };
                 match fmt {
                     None => {
                         let _ = write!(out, "{}", ts.strftime("%Y-%m-%dT%H:%M:%S.%3fZ"));
@@ -438,9 +487,10 @@ impl Command {
                 info.response_flags.write_to(out);
                 true
             }
-            Command::ResponseCodeDetails => {
-                opt_str(out, Some(info.response_code_details).filter(|d| !d.is_empty()))
-            }
+            Command::ResponseCodeDetails => opt_str(
+                out,
+                Some(info.response_code_details).filter(|d| !d.is_empty()),
+            ),
             Command::ConnectionTerminationDetails => false,
             Command::UpstreamTransportFailureReason => {
                 opt_str(out, info.upstream_transport_failure_reason.as_deref())
@@ -501,18 +551,33 @@ mod tests {
         h.append("x-multi", "a".parse().expect("value"));
         h.append("x-multi", "b".parse().expect("value"));
         h.insert(http::header::HOST, "example.com".parse().expect("value"));
-        let mut info = StreamInfo::new("10.250.0.7:4567".parse().expect("addr"), "127.0.0.1:15001".parse().expect("addr"));
+        let mut info = StreamInfo::new(
+            "10.250.0.7:4567".parse().expect("addr"),
+            "127.0.0.1:15001".parse().expect("addr"),
+        );
         info.protocol = Some(http::Version::HTTP_11);
-        info.start_time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        info.start_time =
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
         (Method::GET, "/a/b?c=d".parse().expect("uri"), h, info)
     }
 
     fn run(f: &str, log: bool) -> String {
         let (m, u, h, info) = ctx_parts();
-        let ctx = FormatCtx { method: &m, uri: &u, req_headers: &h, resp_headers: None, resp_trailers: None, info: &info };
+        let ctx = FormatCtx {
+            method: &m,
+            uri: &u,
+            req_headers: &h,
+            resp_headers: None,
+            resp_trailers: None,
+            info: &info,
+        };
         let mut out = String::new();
         let f = Formatter::parse(f).expect("parses");
-        if log { f.format_log(&ctx, &mut out) } else { f.format_header(&ctx, &mut out) }
+        if log {
+            f.format_log(&ctx, &mut out)
+        } else {
+            f.format_header(&ctx, &mut out)
+        }
         out
     }
 
@@ -521,10 +586,16 @@ mod tests {
         assert_eq!(run("%REQ(X-FOO)%", false), "bar");
         assert_eq!(run("%REQ(x-multi)%", false), "a,b");
         assert_eq!(run("%REQ(x-none?x-foo)%", false), "bar");
-        assert_eq!(run("%REQ(:PATH)% %REQ(:method)% %REQ(:authority)%", false), "/a/b?c=d GET example.com");
+        assert_eq!(
+            run("%REQ(:PATH)% %REQ(:method)% %REQ(:authority)%", false),
+            "/a/b?c=d GET example.com"
+        );
         assert_eq!(run("%REQ(x-foo):2%", false), "ba");
         assert_eq!(run("%DOWNSTREAM_REMOTE_ADDRESS%", false), "10.250.0.7:4567");
-        assert_eq!(run("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", false), "10.250.0.7");
+        assert_eq!(
+            run("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", false),
+            "10.250.0.7"
+        );
         assert_eq!(run("%PROTOCOL%", false), "HTTP/1.1");
         assert_eq!(run("%START_TIME%", false), "2023-11-14T22:13:20.123Z");
         assert_eq!(run("%START_TIME(%s)%", false), "1700000000");
@@ -537,7 +608,10 @@ mod tests {
     fn errors_name_the_command() {
         let e = Formatter::parse("%NOT_A_THING%").expect_err("rejects");
         assert!(e.to_string().contains("%NOT_A_THING%"), "{e}");
-        assert!(matches!(Formatter::parse("50% off"), Err(FormatError::NoCommand { pos: 2, .. })));
+        assert!(matches!(
+            Formatter::parse("50% off"),
+            Err(FormatError::NoCommand { pos: 2, .. })
+        ));
         assert!(Formatter::parse("%REQ()%").is_err());
         assert!(Formatter::parse("%REQ(x-a").is_err());
     }
@@ -545,7 +619,11 @@ mod tests {
     #[test]
     fn literal_detection() {
         assert!(Formatter::parse("plain").expect("parses").is_literal());
-        assert!(!Formatter::parse("a%PROTOCOL%").expect("parses").is_literal());
+        assert!(
+            !Formatter::parse("a%PROTOCOL%")
+                .expect("parses")
+                .is_literal()
+        );
         let _ = ResponseFlags::NONE;
     }
 

@@ -25,21 +25,29 @@ pub fn build(status: StatusCode, body: Bytes, grpc: bool) -> Response<ResponseBo
     if grpc {
         let mut resp = Response::new(ResponseBody::empty());
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        h.insert("grpc-status", HeaderValue::from(http_to_grpc_status(status)));
-        if !body.is_empty() {
-            if let Ok(v) = HeaderValue::from_bytes(&percent_encode_grpc(&body)) {
-                h.insert("grpc-message", v);
-            }
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(http_to_grpc_status(status)),
+        );
+        if !body.is_empty()
+            && let Ok(v) = HeaderValue::from_bytes(&percent_encode_grpc(&body))
+        {
+            h.insert("grpc-message", v);
         }
         return resp;
     }
     let mut resp = Response::new(ResponseBody::full(body.clone()));
     *resp.status_mut() = status;
     if !body.is_empty() {
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
-    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     resp
 }
 
@@ -62,7 +70,11 @@ mod tests {
 
     #[test]
     fn grpc_replies_are_trailers_only() {
-        let r = build(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"no healthy upstream"), true);
+        let r = build(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from_static(b"no healthy upstream"),
+            true,
+        );
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["grpc-status"], "14");
         assert_eq!(r.headers()["grpc-message"], "no healthy upstream");

@@ -3,14 +3,14 @@
 
 pub mod body;
 pub mod format;
+pub mod local_reply;
 pub mod path;
 pub mod pool;
-pub mod request_headers;
-pub mod stream_info;
-pub mod local_reply;
 pub mod redirect;
+pub mod request_headers;
 pub mod route_select;
 pub mod router;
 pub mod server;
+pub mod stream_info;
 
 pub use server::serve;

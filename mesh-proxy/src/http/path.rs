@@ -11,7 +11,10 @@ pub struct Rejected;
 
 /// Normalizes `path_and_query` per the HCM; returns the original when nothing changes.
 pub fn normalize<'a>(pq: &'a str, hcm: &HttpConnectionManager) -> Result<Cow<'a, str>, Rejected> {
-    if !hcm.normalize_path && !hcm.merge_slashes && hcm.escaped_slashes == EscapedSlashes::KeepUnchanged {
+    if !hcm.normalize_path
+        && !hcm.merge_slashes
+        && hcm.escaped_slashes == EscapedSlashes::KeepUnchanged
+    {
         return Ok(Cow::Borrowed(pq));
     }
     let (path, query) = match pq.find('?') {
@@ -98,7 +101,11 @@ pub fn remove_dot_segments(path: &str) -> String {
         }
     }
     let joined = out.join("/");
-    if joined.starts_with('/') { joined } else { format!("/{joined}") }
+    if joined.starts_with('/') {
+        joined
+    } else {
+        format!("/{joined}")
+    }
 }
 
 pub fn merge_slashes(path: &str) -> String {

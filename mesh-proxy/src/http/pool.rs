@@ -62,13 +62,18 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// True when nothing reached the upstream (safe to retry on another host).
     pub fn is_connect_failure(&self) -> bool {
-        matches!(self, UpstreamError::Connect(_) | UpstreamError::ConnectTimeout)
+        matches!(
+            self,
+            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout
+        )
     }
 
     /// Envoy's `upstream_transport_failure_reason` / reset reason text.
     pub fn reason(&self) -> String {
         match self {
-            UpstreamError::Connect(e) => format!("remote connection failure, transport failure reason: delayed connect error: {e}"),
+            UpstreamError::Connect(e) => format!(
+                "remote connection failure, transport failure reason: delayed connect error: {e}"
+            ),
             UpstreamError::ConnectTimeout => "connection timeout".to_string(),
             UpstreamError::Overflow | UpstreamError::PendingOverflow => "overflow".to_string(),
             UpstreamError::Reset(e) => format!("connection termination: {e}"),
@@ -80,11 +85,15 @@ impl UpstreamError {
 /// An opaque resource guard (circuit-breaker slot, host counters); released on drop.
 pub type Guard = Box<dyn Send + Sync>;
 
+/// A connection attempt: the stream and the guard that holds its circuit-breaker slot.
+pub type ConnectFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(TcpStream, Guard), UpstreamError>> + Send + 'a>>;
+
 /// Opens upstream TCP connections for a pool (the cluster's `connect`, which applies the
 /// connect timeout, `max_connections` and the connection stats) and hands out pending
 /// request slots (`max_pending_requests`).
 pub trait Connector: Send + Sync {
-    fn connect(&self) -> Pin<Box<dyn Future<Output = Result<(TcpStream, Guard), UpstreamError>> + Send + '_>>;
+    fn connect(&self) -> ConnectFuture<'_>;
     fn acquire_pending(&self) -> Option<Guard>;
 }
 
@@ -95,7 +104,7 @@ pub struct Direct {
 }
 
 impl Connector for Direct {
-    fn connect(&self) -> Pin<Box<dyn Future<Output = Result<(TcpStream, Guard), UpstreamError>> + Send + '_>> {
+    fn connect(&self) -> ConnectFuture<'_> {
         Box::pin(async move {
             let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
                 .await
@@ -224,7 +233,11 @@ impl HostPool {
                     Err(UpstreamError::Overflow) => {
                         // At max_connections: wait as a pending request for one to return.
                         if pending.is_none() {
-                            pending = Some(connector.acquire_pending().ok_or(UpstreamError::PendingOverflow)?);
+                            pending = Some(
+                                connector
+                                    .acquire_pending()
+                                    .ok_or(UpstreamError::PendingOverflow)?,
+                            );
                         }
                         let notified = self.returned.notified();
                         if let Some(c) = self.pop_idle() {
@@ -243,8 +256,14 @@ impl HostPool {
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
                     let local = conn.local;
-                    let ret = ReturnToPool { pool: self.clone(), conn: Some(conn) };
-                    return Ok(PoolResponse { response: resp.map(|b| PooledBody::new(b, Some(ret))), upstream_local: local });
+                    let ret = ReturnToPool {
+                        pool: self.clone(),
+                        conn: Some(conn),
+                    };
+                    return Ok(PoolResponse {
+                        response: resp.map(|b| PooledBody::new(b, Some(ret))),
+                        upstream_local: local,
+                    });
                 }
                 Err(mut e) => match e.take_message() {
                     // Never written: the server closed the idle connection. Replay.
@@ -269,7 +288,10 @@ impl HostPool {
         if let Some(kb) = settings.max_response_headers_kb {
             b.max_buf_size((kb as usize * 1024).max(8192));
         }
-        let (sender, conn) = b.handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Protocol)?;
+        let (sender, conn) = b
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Protocol)?;
         tokio::spawn(async move {
             // The circuit-breaker slot is held for the connection's lifetime.
             let _guard = guard;
@@ -280,7 +302,11 @@ impl HostPool {
         Ok((sender, local))
     }
 
-    async fn h2_conn(&self, connector: &dyn Connector, settings: &ConnectSettings) -> Result<H2Conn, UpstreamError> {
+    async fn h2_conn(
+        &self,
+        connector: &dyn Connector,
+        settings: &ConnectSettings,
+    ) -> Result<H2Conn, UpstreamError> {
         if let Some(c) = self.h2.lock().as_ref().filter(|c| !c.sender.is_closed()) {
             return Ok(c.clone());
         }
@@ -295,7 +321,10 @@ impl HostPool {
             .initial_stream_window_size(settings.h2_initial_stream_window)
             .initial_connection_window_size(settings.h2_initial_connection_window)
             .keep_alive_interval(settings.h2_keepalive_interval);
-        let (sender, conn) = b.handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Protocol)?;
+        let (sender, conn) = b
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Protocol)?;
         tokio::spawn(async move {
             let _guard = guard;
             if let Err(e) = conn.await {
@@ -321,7 +350,10 @@ impl HostPool {
             }
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
-                    return Ok(PoolResponse { response: resp.map(|b| PooledBody::new(b, None)), upstream_local: conn.local });
+                    return Ok(PoolResponse {
+                        response: resp.map(|b| PooledBody::new(b, None)),
+                        upstream_local: conn.local,
+                    });
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) if attempt == 0 => {
@@ -332,12 +364,17 @@ impl HostPool {
                 },
             }
         }
-        Err(UpstreamError::Connect(std::io::Error::other("http/2 connection closed before the request was sent")))
+        Err(UpstreamError::Connect(std::io::Error::other(
+            "http/2 connection closed before the request was sent",
+        )))
     }
 
     fn forget_h2(&self, conn: &H2Conn) {
         let mut h2 = self.h2.lock();
-        if h2.as_ref().is_some_and(|c| c.sender.is_closed() || c.local == conn.local) {
+        if h2
+            .as_ref()
+            .is_some_and(|c| c.sender.is_closed() || c.local == conn.local)
+        {
             *h2 = None;
         }
     }
@@ -358,11 +395,11 @@ struct ReturnToPool {
 
 impl ReturnToPool {
     fn give_back(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if !conn.sender.is_closed() {
-                self.pool.idle.lock().push(conn);
-                self.pool.returned.notify_one();
-            }
+        if let Some(conn) = self.conn.take()
+            && !conn.sender.is_closed()
+        {
+            self.pool.idle.lock().push(conn);
+            self.pool.returned.notify_one();
         }
     }
 }
@@ -392,14 +429,16 @@ impl PooledBody {
             r.give_back();
         }
     }
-
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let r = Pin::new(&mut this.body).poll_frame(cx);
         match &r {

@@ -16,11 +16,15 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
-pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
+    HeaderName::from_static("x-envoy-external-address");
 pub static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
-pub static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
-pub static X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
-pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+pub static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+pub static X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
+pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
 pub static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 pub static X_ENVOY_MAX_RETRIES: HeaderName = HeaderName::from_static("x-envoy-max-retries");
 pub static X_ENVOY_RETRY_ON: HeaderName = HeaderName::from_static("x-envoy-retry-on");
@@ -83,7 +87,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|t| !t.is_empty() && !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+        .filter(|t| !(t.is_empty() || keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
         .filter_map(|t| HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok())
         // Never strip end-to-end headers the client tried to list.
         .filter(|n| n != header::TE && n != header::HOST)
@@ -101,7 +105,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     headers.remove(&PROXY_CONNECTION);
     headers.remove(header::TRANSFER_ENCODING);
     if let Some(te) = headers.get(header::TE) {
-        let trailers = te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        let trailers = te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         } else {
@@ -116,7 +123,10 @@ pub fn upgrade_type(headers: &HeaderMap) -> Option<&str> {
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
     if !conn_upgrade {
         return None;
     }
@@ -143,7 +153,10 @@ pub fn mutate_request_headers(
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         // Internal when the peer is internal and it is the only hop.
         let only_hop = headers.get_all(&X_FORWARDED_FOR).iter().count() == 1
-            && headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).is_some_and(|v| !v.contains(','));
+            && headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| !v.contains(','));
         let internal = is_internal(peer.ip(), hcm) && only_hop;
         edge = !internal;
     } else {
@@ -179,7 +192,11 @@ pub fn mutate_request_headers(
     if let Some(via) = &hcm.via {
         headers.append(header::VIA, via.clone());
     }
-    Mutated { remote, edge, upgrade: keep_upgrade }
+    Mutated {
+        remote,
+        edge,
+        upgrade: keep_upgrade,
+    }
 }
 
 fn append_xff(headers: &mut HeaderMap, ip: IpAddr) {
@@ -226,7 +243,8 @@ pub fn new_request_id() -> HeaderValue {
         j += 2;
     }
     // 36 ASCII hex digits and dashes: always a valid header value.
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+    HeaderValue::from_bytes(&out)
+        .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
 }
 
 /// Response hop-by-hop headers (kept: the upgrade pair on a 101).
@@ -241,8 +259,14 @@ mod tests {
     fn hcm() -> HttpConnectionManager {
         use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as h;
         let p = h::HttpConnectionManager {
-            http_filters: vec![h::HttpFilter { name: "envoy.filters.http.router".into(), ..Default::default() }],
-            route_specifier: Some(h::http_connection_manager::RouteSpecifier::Rds(h::Rds { route_config_name: "r".into(), config_source: None })),
+            http_filters: vec![h::HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                ..Default::default()
+            }],
+            route_specifier: Some(h::http_connection_manager::RouteSpecifier::Rds(h::Rds {
+                route_config_name: "r".into(),
+                config_source: None,
+            })),
             ..Default::default()
         };
         HttpConnectionManager::try_from(&p).expect("valid")
@@ -251,13 +275,20 @@ mod tests {
     #[test]
     fn hop_by_hop_is_removed_but_te_trailers_kept() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().expect("v"));
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, x-secret".parse().expect("v"),
+        );
         h.insert("x-secret", "1".parse().expect("v"));
         h.insert("keep-alive", "timeout=5".parse().expect("v"));
         h.insert(header::TE, "trailers, deflate".parse().expect("v"));
         h.insert(header::UPGRADE, "websocket".parse().expect("v"));
         strip_hop_by_hop(&mut h, false);
-        assert!(!h.contains_key("x-secret") && !h.contains_key("keep-alive") && !h.contains_key(header::UPGRADE));
+        assert!(
+            !h.contains_key("x-secret")
+                && !h.contains_key("keep-alive")
+                && !h.contains_key(header::UPGRADE)
+        );
         assert_eq!(h[header::TE], "trailers");
     }
 
@@ -267,10 +298,19 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-envoy-retry-on", "5xx".parse().expect("v"));
         h.insert("x-forwarded-for", "1.2.3.4".parse().expect("v"));
-        let m = mutate_request_headers(&mut h, &hcm, "10.0.0.1:1234".parse().expect("a"), false, false);
+        let m = mutate_request_headers(
+            &mut h,
+            &hcm,
+            "10.0.0.1:1234".parse().expect("a"),
+            false,
+            false,
+        );
         assert!(!m.edge);
         assert_eq!(m.remote.ip().to_string(), "1.2.3.4");
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4", "not appended without use_remote_address");
+        assert_eq!(
+            h["x-forwarded-for"], "1.2.3.4",
+            "not appended without use_remote_address"
+        );
         assert_eq!(h["x-forwarded-proto"], "http");
         assert!(h.contains_key("x-envoy-retry-on"));
         assert_eq!(h["x-request-id"].len(), 36);
@@ -284,7 +324,13 @@ mod tests {
         h.insert("x-envoy-retry-on", "5xx".parse().expect("v"));
         h.insert("x-request-id", "abc".parse().expect("v"));
         h.insert("x-forwarded-proto", "https".parse().expect("v"));
-        let m = mutate_request_headers(&mut h, &hcm, "8.8.8.8:1234".parse().expect("a"), false, false);
+        let m = mutate_request_headers(
+            &mut h,
+            &hcm,
+            "8.8.8.8:1234".parse().expect("a"),
+            false,
+            false,
+        );
         assert!(m.edge);
         assert!(!h.contains_key("x-envoy-retry-on"));
         assert_eq!(h["x-forwarded-for"], "8.8.8.8");
@@ -292,7 +338,13 @@ mod tests {
         assert_eq!(h["x-envoy-external-address"], "8.8.8.8");
         assert_ne!(h["x-request-id"], "abc");
         let mut h = HeaderMap::new();
-        let m = mutate_request_headers(&mut h, &hcm, "127.0.0.1:1234".parse().expect("a"), false, false);
+        let m = mutate_request_headers(
+            &mut h,
+            &hcm,
+            "127.0.0.1:1234".parse().expect("a"),
+            false,
+            false,
+        );
         assert!(!m.edge);
         assert_eq!(h["x-envoy-internal"], "true");
     }
@@ -300,7 +352,10 @@ mod tests {
     #[test]
     fn xff_trusted_hops() {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "1.1.1.1, 2.2.2.2,3.3.3.3".parse().expect("v"));
+        h.insert(
+            "x-forwarded-for",
+            "1.1.1.1, 2.2.2.2,3.3.3.3".parse().expect("v"),
+        );
         assert_eq!(xff_client(&h, 0), Some("3.3.3.3".parse().expect("ip")));
         assert_eq!(xff_client(&h, 2), Some("1.1.1.1".parse().expect("ip")));
         assert_eq!(xff_client(&h, 3), None);

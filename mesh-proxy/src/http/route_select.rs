@@ -31,14 +31,28 @@ pub struct Selected<'a> {
 }
 
 /// Finds the virtual host for the request's host.
-pub fn find_vhost<'a>(rc: &'a RouteConfiguration, req: &RequestView<'_>) -> Option<&'a Arc<VirtualHost>> {
+pub fn find_vhost<'a>(
+    rc: &'a RouteConfiguration,
+    req: &RequestView<'_>,
+) -> Option<&'a Arc<VirtualHost>> {
     let host: &str = match &rc.vhost_header {
-        Some(h) => req.headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or(""),
+        Some(h) => req
+            .headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
         None => req.authority,
     };
-    let host = if rc.ignore_port_in_host_matching { strip_port(host) } else { host };
-    let host: Cow<'_, str> =
-        if host.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(host.to_ascii_lowercase()) } else { Cow::Borrowed(host) };
+    let host = if rc.ignore_port_in_host_matching {
+        strip_port(host)
+    } else {
+        host
+    };
+    let host: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    };
     rc.find_virtual_host(&host)
 }
 
@@ -46,14 +60,18 @@ pub fn find_vhost<'a>(rc: &'a RouteConfiguration, req: &RequestView<'_>) -> Opti
 pub fn select<'a>(rc: &'a RouteConfiguration, req: &RequestView<'_>) -> Option<Selected<'a>> {
     let vhost = find_vhost(rc, req)?;
     let mut path = req.uri.path();
-    if rc.ignore_path_parameters_in_path_matching {
-        if let Some(i) = path.find(';') {
-            path = &path[..i];
-        }
+    if rc.ignore_path_parameters_in_path_matching
+        && let Some(i) = path.find(';')
+    {
+        path = &path[..i];
     }
     for route in &vhost.routes {
         if let Some(matched_len) = route_matches(&route.matcher, path, req) {
-            return Some(Selected { vhost, route, matched_len });
+            return Some(Selected {
+                vhost,
+                route,
+                matched_len,
+            });
         }
     }
     None
@@ -73,10 +91,10 @@ fn route_matches(m: &RouteMatch, path: &str, req: &RequestView<'_>) -> Option<us
             return None;
         }
     }
-    if let Some(f) = &m.runtime_fraction {
-        if !f.enabled(req.random) {
-            return None;
-        }
+    if let Some(f) = &m.runtime_fraction
+        && !f.enabled(req.random)
+    {
+        return None;
     }
     Some(len)
 }

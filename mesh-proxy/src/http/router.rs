@@ -4,14 +4,13 @@
 //! the response path (header mutations, `server`, `x-envoy-upstream-service-time`,
 //! access log when the stream ends).
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header, request::Parts, uri::PathAndQuery};
+use http::{
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+    request::Parts, uri::PathAndQuery,
+};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -23,8 +22,9 @@ use super::{
     pool::{ConnectSettings, Connector, Guard, HostPool, PoolResponse, Protocol, UpstreamError},
     redirect::{RedirectInput, location},
     request_headers::{
-        self as rh, X_ENVOY_ATTEMPT_COUNT, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_ORIGINAL_PATH, X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
-        X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+        self as rh, X_ENVOY_ATTEMPT_COUNT, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_ORIGINAL_PATH,
+        X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_HOST,
+        X_FORWARDED_PROTO, X_REQUEST_ID,
     },
     route_select::{RequestView, is_grpc, select},
     stream_info::{ResponseFlags, StreamInfo},
@@ -34,7 +34,10 @@ use crate::{
         cluster::{Discovery, UpstreamProtocol},
         http::{HttpConnectionManager, RouteSource, ServerHeader},
         route::{Action, Route, RouteConfiguration, VirtualHost},
-        route_action::{ClusterSpecifier, HashPolicyKind, HostRewrite, RetryOn, RetryPolicy, RouteAction, WeightedClusterEntry},
+        route_action::{
+            ClusterSpecifier, HashPolicyKind, HostRewrite, RetryOn, RetryPolicy, RouteAction,
+            WeightedClusterEntry,
+        },
         route_headers::HeaderMutations,
     },
     runtime::Runtime,
@@ -81,15 +84,37 @@ impl Routed {
     /// `most_specific_header_mutations_wins` (then least specific first, so the most
     /// specific overwrite lands last).
     fn levels(&self, response: bool) -> [Option<&HeaderMutations>; 4] {
-        fn pick<'a>(response: bool, m: &'a HeaderMutations, r: &'a HeaderMutations) -> &'a HeaderMutations {
+        fn pick<'a>(
+            response: bool,
+            m: &'a HeaderMutations,
+            r: &'a HeaderMutations,
+        ) -> &'a HeaderMutations {
             if response { r } else { m }
         }
-        let w = self.weighted().map(|w| pick(response, &w.request_headers, &w.response_headers));
+        let w = self
+            .weighted()
+            .map(|w| pick(response, &w.request_headers, &w.response_headers));
         let route = self.route();
-        let r = Some(pick(response, &route.request_headers, &route.response_headers));
-        let v = Some(pick(response, &self.vhost.request_headers, &self.vhost.response_headers));
-        let g = Some(pick(response, &self.rc.request_headers, &self.rc.response_headers));
-        if self.rc.most_specific_header_mutations_wins { [g, v, r, w] } else { [w, r, v, g] }
+        let r = Some(pick(
+            response,
+            &route.request_headers,
+            &route.response_headers,
+        ));
+        let v = Some(pick(
+            response,
+            &self.vhost.request_headers,
+            &self.vhost.response_headers,
+        ));
+        let g = Some(pick(
+            response,
+            &self.rc.request_headers,
+            &self.rc.response_headers,
+        ));
+        if self.rc.most_specific_header_mutations_wins {
+            [g, v, r, w]
+        } else {
+            [w, r, v, g]
+        }
     }
 }
 
@@ -116,10 +141,22 @@ impl super::body::OnComplete for Completion {
         self.info.duration = Some(self.info.start.elapsed());
         match outcome {
             Outcome::Complete => {}
-            Outcome::UpstreamError => self.info.response_flags.insert(ResponseFlags::UPSTREAM_REMOTE_RESET),
-            Outcome::IdleTimeout => self.info.response_flags.insert(ResponseFlags::STREAM_IDLE_TIMEOUT),
-            Outcome::RouteTimeout => self.info.response_flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT),
-            Outcome::DownstreamGone => self.info.response_flags.insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
+            Outcome::UpstreamError => self
+                .info
+                .response_flags
+                .insert(ResponseFlags::UPSTREAM_REMOTE_RESET),
+            Outcome::IdleTimeout => self
+                .info
+                .response_flags
+                .insert(ResponseFlags::STREAM_IDLE_TIMEOUT),
+            Outcome::RouteTimeout => self
+                .info
+                .response_flags
+                .insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT),
+            Outcome::DownstreamGone => self
+                .info
+                .response_flags
+                .insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
         }
         if let Some(meta) = &self.meta {
             let ctx = FormatCtx {
@@ -148,14 +185,32 @@ pub async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<Re
     let grpc = is_grpc(&parts.headers);
     ensure_host(&mut parts);
 
-    let mut st = State { cx: cx.clone(), info, routed: None, grpc, guards: Vec::new() };
+    let mut st = State {
+        cx: cx.clone(),
+        info,
+        routed: None,
+        grpc,
+        guards: Vec::new(),
+    };
 
     // Path checks and normalization.
     let Some(pq) = parts.uri.path_and_query().map(|p| p.as_str().to_string()) else {
-        return st.local(&parts, StatusCode::BAD_REQUEST, "", "missing_path", ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+        return st.local(
+            &parts,
+            StatusCode::BAD_REQUEST,
+            "",
+            "missing_path",
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        );
     };
     if !pq.starts_with('/') && parts.method != Method::OPTIONS {
-        return st.local(&parts, StatusCode::NOT_FOUND, "", "invalid_path", ResponseFlags::NO_ROUTE_FOUND);
+        return st.local(
+            &parts,
+            StatusCode::NOT_FOUND,
+            "",
+            "invalid_path",
+            ResponseFlags::NO_ROUTE_FOUND,
+        );
     }
     match super::path::normalize(&pq, &cx.hcm) {
         Ok(std::borrow::Cow::Owned(n)) => {
@@ -165,11 +220,23 @@ pub async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<Re
         }
         Ok(_) => {}
         Err(_) => {
-            return st.local(&parts, StatusCode::BAD_REQUEST, "", "path_normalization_failed", ResponseFlags::NONE);
+            return st.local(
+                &parts,
+                StatusCode::BAD_REQUEST,
+                "",
+                "path_normalization_failed",
+                ResponseFlags::NONE,
+            );
         }
     }
 
-    let mutated = rh::mutate_request_headers(&mut parts.headers, &cx.hcm, cx.peer, cx.tls, upgrade.is_some());
+    let mutated = rh::mutate_request_headers(
+        &mut parts.headers,
+        &cx.hcm,
+        cx.peer,
+        cx.tls,
+        upgrade.is_some(),
+    );
     st.info.downstream_remote = mutated.remote;
     strip_host_port(&mut parts, &cx);
 
@@ -179,7 +246,13 @@ pub async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<Re
         RouteSource::Rds(name) => cx.rt.store.route(name),
     };
     let Some(rc) = rc else {
-        return st.local(&parts, StatusCode::NOT_FOUND, "", "route_not_found", ResponseFlags::NO_ROUTE_FOUND);
+        return st.local(
+            &parts,
+            StatusCode::NOT_FOUND,
+            "",
+            "route_not_found",
+            ResponseFlags::NO_ROUTE_FOUND,
+        );
     };
     if mutated.edge {
         for h in &rc.internal_only_headers {
@@ -188,15 +261,41 @@ pub async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<Re
     }
     let random: u64 = rand::random();
     let scheme = if cx.tls { "https" } else { "http" };
-    let auth = authority(&parts.uri, &parts.headers).unwrap_or("").to_string();
+    let auth = authority(&parts.uri, &parts.headers)
+        .unwrap_or("")
+        .to_string();
     let selected = {
-        let view = RequestView { method: &parts.method, uri: &parts.uri, headers: &parts.headers, authority: &auth, scheme, random };
-        select(&rc, &view).map(|s| (s.vhost.clone(), route_index(s.vhost, s.route), s.matched_len))
+        let view = RequestView {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            authority: &auth,
+            scheme,
+            random,
+        };
+        select(&rc, &view).map(|s| {
+            (
+                s.vhost.clone(),
+                route_index(s.vhost, s.route),
+                s.matched_len,
+            )
+        })
     };
     let Some((vhost, route_idx, matched_len)) = selected else {
-        return st.local(&parts, StatusCode::NOT_FOUND, "", "route_not_found", ResponseFlags::NO_ROUTE_FOUND);
+        return st.local(
+            &parts,
+            StatusCode::NOT_FOUND,
+            "",
+            "route_not_found",
+            ResponseFlags::NO_ROUTE_FOUND,
+        );
     };
-    st.routed = Some(Routed { rc, vhost: vhost.clone(), route_idx, weighted_idx: None });
+    st.routed = Some(Routed {
+        rc,
+        vhost: vhost.clone(),
+        route_idx,
+        weighted_idx: None,
+    });
     st.info.route_name = vhost.routes[route_idx].name.clone();
     let route = &vhost.routes[route_idx];
     match &route.action {
@@ -206,42 +305,87 @@ pub async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<Re
             let mut resp = Response::new(ResponseBody::full(body.clone()));
             *resp.status_mut() = d.status;
             if !body.is_empty() {
-                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             }
-            resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
             st.info.response_code_details = details;
             st.finish(&parts, resp)
         }
         Action::Redirect(r) => {
-            let fwd_proto = parts.headers.get(&X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()).unwrap_or(scheme).to_string();
-            let loc = location(r, &RedirectInput { scheme: &fwd_proto, host: &auth, path_and_query: &pq_of(&parts), matched_len });
+            let fwd_proto = parts
+                .headers
+                .get(&X_FORWARDED_PROTO)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(scheme)
+                .to_string();
+            let loc = location(
+                r,
+                &RedirectInput {
+                    scheme: &fwd_proto,
+                    host: &auth,
+                    path_and_query: &pq_of(&parts),
+                    matched_len,
+                },
+            );
             let mut resp = Response::new(ResponseBody::empty());
             *resp.status_mut() = r.response_code;
             if let Ok(v) = HeaderValue::from_str(&loc) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
-            resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
             st.info.response_code_details = "direct_response";
             st.finish(&parts, resp)
         }
-        Action::NonForwarding => st.local(&parts, StatusCode::NOT_FOUND, "", "route_not_found", ResponseFlags::NO_ROUTE_FOUND),
+        Action::NonForwarding => st.local(
+            &parts,
+            StatusCode::NOT_FOUND,
+            "",
+            "route_not_found",
+            ResponseFlags::NO_ROUTE_FOUND,
+        ),
         Action::Route(action) => {
-            if let Some(u) = &upgrade {
-                if !cx.hcm.upgrade_enabled(u, action.upgrade_enabled(u)) {
-                    return st.local(&parts, StatusCode::FORBIDDEN, "", "upgrade_failed", ResponseFlags::NONE);
-                }
+            if let Some(u) = &upgrade
+                && !cx.hcm.upgrade_enabled(u, action.upgrade_enabled(u))
+            {
+                return st.local(
+                    &parts,
+                    StatusCode::FORBIDDEN,
+                    "",
+                    "upgrade_failed",
+                    ResponseFlags::NONE,
+                );
             }
-            forward(st, parts, body, action, &vhost, matched_len, random, on_upgrade).await
+            forward(
+                st,
+                parts,
+                body,
+                action,
+                &vhost,
+                matched_len,
+                random,
+                on_upgrade,
+            )
+            .await
         }
     }
 }
 
 fn route_index(vhost: &VirtualHost, route: &Route) -> usize {
-    vhost.routes.iter().position(|r| std::ptr::eq(r, route)).unwrap_or(0)
+    vhost
+        .routes
+        .iter()
+        .position(|r| std::ptr::eq(r, route))
+        .unwrap_or(0)
 }
 
 fn pq_of(parts: &Parts) -> String {
-    parts.uri.path_and_query().map_or_else(|| "/".to_string(), |p| p.as_str().to_string())
+    parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string())
 }
 
 /// HTTP/2 requests carry `:authority` in the URI; upstream HTTP/1.1 needs `Host`.
@@ -249,10 +393,10 @@ fn ensure_host(parts: &mut Parts) {
     if parts.headers.contains_key(header::HOST) {
         return;
     }
-    if let Some(a) = parts.uri.authority() {
-        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-            parts.headers.insert(header::HOST, v);
-        }
+    if let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
     }
 }
 
@@ -282,9 +426,15 @@ fn strip_host_port(parts: &mut Parts, cx: &ConnCtx) {
     if !hcm.strip_trailing_host_dot && !hcm.strip_any_host_port && !hcm.strip_matching_host_port {
         return;
     }
-    let Some(host) = authority(&parts.uri, &parts.headers).map(str::to_string) else { return };
+    let Some(host) = authority(&parts.uri, &parts.headers).map(str::to_string) else {
+        return;
+    };
     let mut h = host.as_str();
-    let port_start = if h.starts_with('[') { h.rfind("]:").map(|i| i + 1) } else { h.rfind(':') };
+    let port_start = if h.starts_with('[') {
+        h.rfind("]:").map(|i| i + 1)
+    } else {
+        h.rfind(':')
+    };
     let (name, port) = match port_start {
         Some(i) => (&h[..i], Some(&h[i + 1..])),
         None => (h, None),
@@ -294,7 +444,10 @@ fn strip_host_port(parts: &mut Parts, cx: &ConnCtx) {
         name = name.strip_suffix('.').unwrap_or(name);
     }
     let strip = match port {
-        Some(p) => hcm.strip_any_host_port || (hcm.strip_matching_host_port && p.parse::<u16>().ok() == Some(cx.local.port())),
+        Some(p) => {
+            hcm.strip_any_host_port
+                || (hcm.strip_matching_host_port && p.parse::<u16>().ok() == Some(cx.local.port()))
+        }
         None => false,
     };
     let new = match (port, strip) {
@@ -332,7 +485,14 @@ impl State {
         self.finish(parts, resp)
     }
 
-    fn local_owned(mut self, parts: &Parts, status: StatusCode, body: String, details: &'static str, flags: ResponseFlags) -> Response<ResponseBody> {
+    fn local_owned(
+        mut self,
+        parts: &Parts,
+        status: StatusCode,
+        body: String,
+        details: &'static str,
+        flags: ResponseFlags,
+    ) -> Response<ResponseBody> {
         self.info.response_flags.insert(flags);
         self.info.response_code_details = details;
         let resp = local_reply::build(status, Bytes::from(body), self.grpc);
@@ -366,25 +526,31 @@ impl State {
         }
         match hcm.server_header {
             ServerHeader::Overwrite => {
-                resp.headers_mut().insert(header::SERVER, hcm.server_name.clone());
+                resp.headers_mut()
+                    .insert(header::SERVER, hcm.server_name.clone());
             }
             ServerHeader::AppendIfAbsent => {
                 if !resp.headers().contains_key(header::SERVER) {
-                    resp.headers_mut().insert(header::SERVER, hcm.server_name.clone());
+                    resp.headers_mut()
+                        .insert(header::SERVER, hcm.server_name.clone());
                 }
             }
             ServerHeader::PassThrough => {}
         }
-        if hcm.always_set_request_id_in_response {
-            if let Some(id) = parts.headers.get(&X_REQUEST_ID) {
-                resp.headers_mut().insert(&X_REQUEST_ID, id.clone());
-            }
+        if hcm.always_set_request_id_in_response
+            && let Some(id) = parts.headers.get(&X_REQUEST_ID)
+        {
+            resp.headers_mut().insert(&X_REQUEST_ID, id.clone());
         }
         self.info.response_code = Some(resp.status().as_u16());
         let logging = !hcm.access_log.is_empty();
         let completion = Completion {
             cx: self.cx.clone(),
-            meta: logging.then(|| ReqMeta { method: parts.method.clone(), uri: parts.uri.clone(), headers: parts.headers.clone() }),
+            meta: logging.then(|| ReqMeta {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                headers: parts.headers.clone(),
+            }),
             resp_headers: logging.then(|| resp.headers().clone()),
             info: self.info,
             _guards: std::mem::take(&mut self.guards),
@@ -401,16 +567,16 @@ struct ClusterConnector<'a> {
 }
 
 impl Connector for ClusterConnector<'_> {
-    fn connect(
-        &self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(tokio::net::TcpStream, Guard), UpstreamError>> + Send + '_>> {
+    fn connect(&self) -> super::pool::ConnectFuture<'_> {
         Box::pin(async move {
             match self.cluster.connect(self.host).await {
                 Ok(c) => Ok((c.stream, Box::new(c.guard) as Guard)),
                 Err(ConnectError::Overflow { .. }) => Err(UpstreamError::Overflow),
                 Err(ConnectError::Timeout { .. }) => Err(UpstreamError::ConnectTimeout),
                 Err(ConnectError::Io { source, .. }) => Err(UpstreamError::Connect(source)),
-                Err(e @ ConnectError::NoHealthyHost { .. }) => Err(UpstreamError::Connect(std::io::Error::other(e.to_string()))),
+                Err(e @ ConnectError::NoHealthyHost { .. }) => {
+                    Err(UpstreamError::Connect(std::io::Error::other(e.to_string())))
+                }
             }
         })
     }
@@ -469,10 +635,17 @@ fn hash_key(action: &RouteAction, parts: &Parts, remote: SocketAddr) -> Option<u
                     Some(acc)
                 }
             }
-            HashPolicyKind::Cookie { name, .. } => cookie(&parts.headers, name).map(|c| xxhash_rust::xxh64::xxh64(c.as_bytes(), 0)),
-            HashPolicyKind::SourceIp => Some(xxhash_rust::xxh64::xxh64(remote.ip().to_string().as_bytes(), 0)),
+            HashPolicyKind::Cookie { name, .. } => {
+                cookie(&parts.headers, name).map(|c| xxhash_rust::xxh64::xxh64(c.as_bytes(), 0))
+            }
+            HashPolicyKind::SourceIp => Some(xxhash_rust::xxh64::xxh64(
+                remote.ip().to_string().as_bytes(),
+                0,
+            )),
             HashPolicyKind::QueryParameter(name) => parts.uri.query().and_then(|q| {
-                form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| xxhash_rust::xxh64::xxh64(v.as_bytes(), 0))
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| xxhash_rust::xxh64::xxh64(v.as_bytes(), 0))
             }),
         };
         if let Some(h) = h {
@@ -510,14 +683,23 @@ fn should_retry_status(policy: &RetryPolicy, resp: &Response<super::pool::Pooled
     if policy.retries_on(RetryOn::Retriable4xx) && s == 409 {
         return true;
     }
-    if policy.retries_on(RetryOn::RetriableStatusCodes) && policy.retriable_status_codes.contains(&s) {
+    if policy.retries_on(RetryOn::RetriableStatusCodes)
+        && policy.retriable_status_codes.contains(&s)
+    {
         return true;
     }
-    if policy.retries_on(RetryOn::EnvoyRateLimited) && resp.headers().contains_key("x-envoy-ratelimited") {
+    if policy.retries_on(RetryOn::EnvoyRateLimited)
+        && resp.headers().contains_key("x-envoy-ratelimited")
+    {
         return true;
     }
     // Trailers-only gRPC responses carry grpc-status in the headers.
-    if let Some(code) = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok()) {
+    if let Some(code) = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+    {
         let on = match code {
             1 => RetryOn::GrpcCancelled,
             4 => RetryOn::GrpcDeadlineExceeded,
@@ -533,9 +715,15 @@ fn should_retry_status(policy: &RetryPolicy, resp: &Response<super::pool::Pooled
 
 fn should_retry_error(policy: &RetryPolicy, e: &UpstreamError) -> bool {
     if e.is_connect_failure() {
-        return [RetryOn::ConnectFailure, RetryOn::FiveXx, RetryOn::GatewayError, RetryOn::Reset, RetryOn::ResetBeforeRequest]
-            .iter()
-            .any(|c| policy.retries_on(*c));
+        return [
+            RetryOn::ConnectFailure,
+            RetryOn::FiveXx,
+            RetryOn::GatewayError,
+            RetryOn::Reset,
+            RetryOn::ResetBeforeRequest,
+        ]
+        .iter()
+        .any(|c| policy.retries_on(*c));
     }
     match e {
         UpstreamError::Reset(err) => {
@@ -543,7 +731,9 @@ fn should_retry_error(policy: &RetryPolicy, e: &UpstreamError) -> bool {
                 .and_then(|s| s.downcast_ref::<h2::Error>())
                 .is_some_and(|h| h.reason() == Some(h2::Reason::REFUSED_STREAM));
             (refused && policy.retries_on(RetryOn::RefusedStream))
-                || [RetryOn::FiveXx, RetryOn::GatewayError, RetryOn::Reset].iter().any(|c| policy.retries_on(*c))
+                || [RetryOn::FiveXx, RetryOn::GatewayError, RetryOn::Reset]
+                    .iter()
+                    .any(|c| policy.retries_on(*c))
         }
         _ => false,
     }
@@ -576,11 +766,24 @@ async fn forward(
         ClusterSpecifier::Cluster(c) => (c.clone(), None),
         ClusterSpecifier::Header(h) => match parts.headers.get(h).and_then(|v| v.to_str().ok()) {
             Some(c) if !c.is_empty() => (Arc::from(c), None),
-            _ => return st.local(&parts, action.cluster_not_found_response_code, "", "cluster_not_found", ResponseFlags::NO_CLUSTER_FOUND),
+            _ => {
+                return st.local(
+                    &parts,
+                    action.cluster_not_found_response_code,
+                    "",
+                    "cluster_not_found",
+                    ResponseFlags::NO_CLUSTER_FOUND,
+                );
+            }
         },
         ClusterSpecifier::Weighted(w) => {
             let r = if let Some(h) = &w.random_header {
-                parts.headers.get(h).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(random)
+                parts
+                    .headers
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(random)
             } else if w.use_hash_policy {
                 hash_key(action, &parts, st.info.downstream_remote).unwrap_or(random)
             } else {
@@ -592,7 +795,13 @@ async fn forward(
                 Some(h) => match parts.headers.get(h).and_then(|v| v.to_str().ok()) {
                     Some(c) => Arc::from(c),
                     None => {
-                        return st.local(&parts, action.cluster_not_found_response_code, "", "cluster_not_found", ResponseFlags::NO_CLUSTER_FOUND);
+                        return st.local(
+                            &parts,
+                            action.cluster_not_found_response_code,
+                            "",
+                            "cluster_not_found",
+                            ResponseFlags::NO_CLUSTER_FOUND,
+                        );
                     }
                 },
                 None => entry.name.clone(),
@@ -612,7 +821,14 @@ async fn forward(
         let levels = routed.levels(false);
         if levels.iter().flatten().any(|m| m.needs_context()) {
             let snapshot = parts.headers.clone();
-            let ctx = FormatCtx { method: &parts.method, uri: &parts.uri, req_headers: &snapshot, resp_headers: None, resp_trailers: None, info: &st.info };
+            let ctx = FormatCtx {
+                method: &parts.method,
+                uri: &parts.uri,
+                req_headers: &snapshot,
+                resp_headers: None,
+                resp_trailers: None,
+                info: &st.info,
+            };
             for m in levels.iter().flatten() {
                 m.apply(&mut parts.headers, Some(&ctx));
             }
@@ -622,41 +838,61 @@ async fn forward(
             }
         }
     }
-    let weighted_host = st.routed.as_ref().and_then(|r| r.weighted()).and_then(|w| w.host_rewrite.clone());
+    let weighted_host = st
+        .routed
+        .as_ref()
+        .and_then(|r| r.weighted())
+        .and_then(|w| w.host_rewrite.clone());
     let old_host = authority(&parts.uri, &parts.headers).map(str::to_string);
     let new_host = match (&weighted_host, &action.host_rewrite) {
         (Some(h), _) => Some(h.clone()),
         (None, Some(HostRewrite::Literal(h))) => Some(h.clone()),
-        (None, Some(HostRewrite::Header(h))) => parts.headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string),
+        (None, Some(HostRewrite::Header(h))) => parts
+            .headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         (None, Some(HostRewrite::PathRegex(rx))) => Some(rx.apply(parts.uri.path())),
         (None, Some(HostRewrite::Auto)) | (None, None) => None,
     };
     if let Some(h) = &new_host {
         set_host(&mut parts, h);
-        if action.append_x_forwarded_host {
-            if let Some(old) = old_host.as_deref().and_then(|o| HeaderValue::from_str(o).ok()) {
-                parts.headers.append(&X_FORWARDED_HOST, old);
-            }
+        if action.append_x_forwarded_host
+            && let Some(old) = old_host
+                .as_deref()
+                .and_then(|o| HeaderValue::from_str(o).ok())
+        {
+            parts.headers.append(&X_FORWARDED_HOST, old);
         }
     }
     let new_path = if let Some(prefix) = &action.prefix_rewrite {
         let path = parts.uri.path();
         let rest = path.get(matched_len..).unwrap_or("");
-        let q = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        let q = parts
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
         Some(format!("{prefix}{rest}{q}"))
     } else {
         action.regex_rewrite.as_ref().map(|rx| {
-            let q = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+            let q = parts
+                .uri
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
             format!("{}{q}", rx.apply(parts.uri.path()))
         })
     };
     if let Some(p) = new_path {
-        let p = if p.starts_with('/') { p } else { format!("/{p}") };
+        let p = if p.starts_with('/') {
+            p
+        } else {
+            format!("/{p}")
+        };
         if let Ok(pq) = PathAndQuery::try_from(p) {
-            if !suppress {
-                if let Ok(v) = HeaderValue::from_str(&original_pq) {
-                    parts.headers.insert(&X_ENVOY_ORIGINAL_PATH, v);
-                }
+            if !suppress && let Ok(v) = HeaderValue::from_str(&original_pq) {
+                parts.headers.insert(&X_ENVOY_ORIGINAL_PATH, v);
             }
             set_path(&mut parts, pq);
         }
@@ -665,14 +901,22 @@ async fn forward(
     // Timeout: the route's, overridden by x-envoy-upstream-rq-timeout-ms (trusted
     // requests only: edge requests had it removed) or grpc-timeout when configured.
     let mut timeout = action.timeout;
-    if let Some(ms) = parts.headers.remove(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+    if let Some(ms) = parts
+        .headers
+        .remove(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
         timeout = (ms > 0).then(|| Duration::from_millis(ms));
     }
-    if let (Some(max), true) = (action.max_grpc_timeout, st.grpc) {
-        if let Some(t) = parts.headers.get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.to_str().ok()?)) {
-            let t = if max.is_zero() { t } else { t.min(max) };
-            timeout = Some(t.saturating_sub(action.grpc_timeout_offset.unwrap_or_default())).filter(|t| !t.is_zero());
-        }
+    if let (Some(max), true) = (action.max_grpc_timeout, st.grpc)
+        && let Some(t) = parts
+            .headers
+            .get("grpc-timeout")
+            .and_then(|v| parse_grpc_timeout(v.to_str().ok()?))
+    {
+        let t = if max.is_zero() { t } else { t.min(max) };
+        timeout = Some(t.saturating_sub(action.grpc_timeout_offset.unwrap_or_default()))
+            .filter(|t| !t.is_zero());
     }
     if on_upgrade.is_some() {
         // Upgraded streams are long-lived; Envoy disables the route timeout for them.
@@ -680,16 +924,23 @@ async fn forward(
     }
     let policy = action.retry_policy.as_ref().or(vhost.retry_policy.as_ref());
     let per_try = policy.and_then(|p| p.per_try_timeout);
-    if !suppress {
-        if let Some(t) = per_try.or(timeout) {
-            parts.headers.insert(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, HeaderValue::from(t.as_millis() as u64));
-        }
+    if !suppress && let Some(t) = per_try.or(timeout) {
+        parts.headers.insert(
+            &X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
+            HeaderValue::from(t.as_millis() as u64),
+        );
     }
     let deadline = timeout.map(|t| Instant::now() + t);
 
     // Cluster and host.
     let Some(cluster) = cx.rt.clusters.get(&cluster_name) else {
-        return st.local(&parts, action.cluster_not_found_response_code, "", "cluster_not_found", ResponseFlags::NO_CLUSTER_FOUND);
+        return st.local(
+            &parts,
+            action.cluster_not_found_response_code,
+            "",
+            "cluster_not_found",
+            ResponseFlags::NO_CLUSTER_FOUND,
+        );
     };
     let stats = cluster.stats();
     let Some(rq_guard) = cluster.circuit_breakers().try_acquire_request() else {
@@ -705,16 +956,27 @@ async fn forward(
     st.guards.push(Box::new(rq_guard));
     stats.upstream_rq_total.inc();
     stats.upstream_rq_active.inc();
-    st.guards.push(Box::new(GaugeGuard(stats.upstream_rq_active.clone())));
+    st.guards
+        .push(Box::new(GaugeGuard(stats.upstream_rq_active.clone())));
 
     let original_dst = match &cluster.config().discovery {
-        Discovery::OriginalDst { use_http_header: true, http_header_name, .. } => {
-            parts.headers.get(http_header_name.as_str()).and_then(|v| v.to_str().ok()?.parse().ok()).or(cx.original_dst)
-        }
+        Discovery::OriginalDst {
+            use_http_header: true,
+            http_header_name,
+            ..
+        } => parts
+            .headers
+            .get(http_header_name.as_str())
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .or(cx.original_dst),
         _ => cx.original_dst,
     };
     let hash = hash_key(action, &parts, st.info.downstream_remote);
-    let protocol = if on_upgrade.is_some() { Protocol::Http1 } else { upstream_protocol(&cluster, parts.version) };
+    let protocol = if on_upgrade.is_some() {
+        Protocol::Http1
+    } else {
+        upstream_protocol(&cluster, parts.version)
+    };
     let settings = ConnectSettings {
         h2_initial_stream_window: cluster.config().http.initial_stream_window_size,
         h2_initial_connection_window: cluster.config().http.initial_connection_window_size,
@@ -738,25 +1000,46 @@ async fn forward(
     loop {
         attempt += 1;
         st.info.attempt_count = attempt;
-        let avoid: &[SocketAddr] = if policy.is_some_and(|p| p.avoid_previous_hosts) { &tried } else { &[] };
-        let Some(host) = cluster.pick(&LbContext { hash, avoid, original_dst }) else {
+        let avoid: &[SocketAddr] = if policy.is_some_and(|p| p.avoid_previous_hosts) {
+            &tried
+        } else {
+            &[]
+        };
+        let Some(host) = cluster.pick(&LbContext {
+            hash,
+            avoid,
+            original_dst,
+        }) else {
             stats.upstream_cx_none_healthy.inc();
-            return st.local(&parts, StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "no_healthy_upstream", ResponseFlags::NO_HEALTHY_UPSTREAM);
+            return st.local(
+                &parts,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream",
+                "no_healthy_upstream",
+                ResponseFlags::NO_HEALTHY_UPSTREAM,
+            );
         };
         st.info.upstream_host = Some(host.addr);
         let host_guard = host.request_guard();
-        let mut up = build_upstream_request(&parts, up_version, &host, action, attempt, include_attempts);
+        let mut up =
+            build_upstream_request(&parts, up_version, &host, action, attempt, include_attempts);
         let up_body = match body.take() {
             Some(b) if attempt == 1 && !b.is_end_stream() => UpstreamBody::Incoming { body: b },
             _ => UpstreamBody::empty(),
         };
         *up.body_mut() = up_body;
         let pool = pool_for(&host, protocol);
-        let connector = ClusterConnector { cluster: &cluster, host: &host };
+        let connector = ClusterConnector {
+            cluster: &cluster,
+            host: &host,
+        };
         let started = Instant::now();
 
         if let Some(on_up) = on_upgrade {
-            return upgrade(st, &parts, pool, up, &connector, &settings, on_up, host_guard).await;
+            return upgrade(
+                st, &parts, pool, up, &connector, &settings, on_up, host_guard,
+            )
+            .await;
         }
 
         let try_deadline = match (deadline, per_try) {
@@ -774,18 +1057,23 @@ async fn forward(
         };
         let retries_left = attempt <= max_retries;
         match result {
-            Ok(PoolResponse { response, upstream_local }) => {
-                if let Some(p) = policy {
-                    if should_retry_status(p, &response) {
-                        if retries_left && acquire_retry(&cluster, &mut st) {
-                            drop(response);
-                            tried.push(host.addr);
-                            tokio::time::sleep(backoff(p, attempt - 1)).await;
-                            continue;
-                        }
-                        if max_retries > 0 {
-                            st.info.response_flags.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
-                        }
+            Ok(PoolResponse {
+                response,
+                upstream_local,
+            }) => {
+                if let Some(p) = policy
+                    && should_retry_status(p, &response)
+                {
+                    if retries_left && acquire_retry(&cluster, &mut st) {
+                        drop(response);
+                        tried.push(host.addr);
+                        tokio::time::sleep(backoff(p, attempt - 1)).await;
+                        continue;
+                    }
+                    if max_retries > 0 {
+                        st.info
+                            .response_flags
+                            .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
                     }
                 }
                 st.info.upstream_local = upstream_local;
@@ -793,21 +1081,34 @@ async fn forward(
                 return respond(st, &parts, response, started, deadline, vhost);
             }
             Err(Either::Timeout) => {
-                if per_try.is_some() && deadline.is_none_or(|d| Instant::now() < d) && retries_left && acquire_retry(&cluster, &mut st) {
+                if per_try.is_some()
+                    && deadline.is_none_or(|d| Instant::now() < d)
+                    && retries_left
+                    && acquire_retry(&cluster, &mut st)
+                {
                     tried.push(host.addr);
                     continue;
                 }
-                return st.local(&parts, StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", "upstream_response_timeout", ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+                return st.local(
+                    &parts,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    "upstream_response_timeout",
+                    ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                );
             }
             Err(Either::Upstream(e)) => {
                 tried.push(host.addr);
                 if let Some(p) = policy {
-                    if should_retry_error(p, &e) && retries_left && acquire_retry(&cluster, &mut st) {
+                    if should_retry_error(p, &e) && retries_left && acquire_retry(&cluster, &mut st)
+                    {
                         tokio::time::sleep(backoff(p, attempt - 1)).await;
                         continue;
                     }
                     if should_retry_error(p, &e) && max_retries > 0 {
-                        st.info.response_flags.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                        st.info
+                            .response_flags
+                            .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
                     }
                 }
                 return upstream_failure(st, &parts, e);
@@ -872,21 +1173,37 @@ fn build_upstream_request(
 ) -> Request<UpstreamBody> {
     let mut headers = parts.headers.clone();
     let mut host_value = headers.get(header::HOST).cloned();
-    if matches!(action.host_rewrite, Some(HostRewrite::Auto)) && !host.hostname.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&host.hostname) {
-            headers.insert(header::HOST, v.clone());
-            host_value = Some(v);
-        }
+    if matches!(action.host_rewrite, Some(HostRewrite::Auto))
+        && !host.hostname.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&host.hostname)
+    {
+        headers.insert(header::HOST, v.clone());
+        host_value = Some(v);
     }
     if include_attempts {
         headers.insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
     }
-    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let uri = match version {
         Version::HTTP_2 => {
-            let auth = host_value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+            let auth = host_value
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             headers.remove(header::HOST);
-            Uri::builder().scheme("http").authority(if auth.is_empty() { host.addr.to_string() } else { auth.to_string() }).path_and_query(pq).build()
+            Uri::builder()
+                .scheme("http")
+                .authority(if auth.is_empty() {
+                    host.addr.to_string()
+                } else {
+                    auth.to_string()
+                })
+                .path_and_query(pq)
+                .build()
         }
         _ => Uri::builder().path_and_query(pq).build(),
     };
@@ -910,34 +1227,48 @@ fn respond(
     rh::strip_response_hop_by_hop(&mut rparts.headers, false);
     if !st.cx.hcm.router.suppress_envoy_headers {
         let ms = started.elapsed().as_millis() as u64;
-        rparts.headers.insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms));
+        rparts
+            .headers
+            .insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms));
     }
     if vhost.include_attempt_count_in_response {
-        rparts.headers.insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(st.info.attempt_count));
+        rparts.headers.insert(
+            &X_ENVOY_ATTEMPT_COUNT,
+            HeaderValue::from(st.info.attempt_count),
+        );
     }
     rparts.version = Version::HTTP_11;
     st.info.response_code_details = "via_upstream";
-    let body = ResponseBody::new(Source::Upstream(body)).with_timers(st.cx.hcm.stream_idle_timeout, deadline);
+    let body = ResponseBody::new(Source::Upstream(body))
+        .with_timers(st.cx.hcm.stream_idle_timeout, deadline);
     st.finish(parts, Response::from_parts(rparts, body))
 }
 
 fn upstream_failure(st: State, parts: &Parts, e: UpstreamError) -> Response<ResponseBody> {
     let (flag, details) = match &e {
-        UpstreamError::Overflow | UpstreamError::PendingOverflow => {
-            (ResponseFlags::UPSTREAM_OVERFLOW, "upstream_reset_before_response_started{overflow}")
-        }
-        UpstreamError::Connect(_) | UpstreamError::ConnectTimeout => {
-            (ResponseFlags::UPSTREAM_CONNECTION_FAILURE, "upstream_reset_before_response_started{remote_connection_failure}")
-        }
-        UpstreamError::Reset(_) => {
-            (ResponseFlags::UPSTREAM_CONNECTION_TERMINATION, "upstream_reset_before_response_started{connection_termination}")
-        }
-        UpstreamError::Protocol(_) => (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "upstream_reset_before_response_started{protocol_error}"),
+        UpstreamError::Overflow | UpstreamError::PendingOverflow => (
+            ResponseFlags::UPSTREAM_OVERFLOW,
+            "upstream_reset_before_response_started{overflow}",
+        ),
+        UpstreamError::Connect(_) | UpstreamError::ConnectTimeout => (
+            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+            "upstream_reset_before_response_started{remote_connection_failure}",
+        ),
+        UpstreamError::Reset(_) => (
+            ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+            "upstream_reset_before_response_started{connection_termination}",
+        ),
+        UpstreamError::Protocol(_) => (
+            ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+            "upstream_reset_before_response_started{protocol_error}",
+        ),
     };
     let mut st = st;
     let reason = e.reason();
     st.info.upstream_transport_failure_reason = Some(reason.clone());
-    let body = format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}");
+    let body = format!(
+        "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
+    );
     st.local_owned(parts, StatusCode::SERVICE_UNAVAILABLE, body, details, flag)
 }
 
@@ -957,7 +1288,8 @@ async fn upgrade(
     // Restore the upgrade pair the hop-by-hop pass kept.
     if let Some(u) = parts.headers.get(header::UPGRADE) {
         up.headers_mut().insert(header::UPGRADE, u.clone());
-        up.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        up.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     let started = Instant::now();
     let (mut resp, local) = match pool.send_dedicated_h1(up, connector, settings).await {
@@ -970,7 +1302,8 @@ async fn upgrade(
         let (mut rparts, body) = resp.into_parts();
         rh::strip_response_hop_by_hop(&mut rparts.headers, false);
         let pooled = super::pool::PooledBody::detached(body);
-        let body = ResponseBody::new(Source::Upstream(pooled)).with_timers(st.cx.hcm.stream_idle_timeout, None);
+        let body = ResponseBody::new(Source::Upstream(pooled))
+            .with_timers(st.cx.hcm.stream_idle_timeout, None);
         st.info.response_code_details = "via_upstream";
         return st.finish(parts, Response::from_parts(rparts, body));
     }
@@ -992,9 +1325,11 @@ async fn upgrade(
     let (mut rparts, _) = resp.into_parts();
     rh::strip_response_hop_by_hop(&mut rparts.headers, true);
     if !st.cx.hcm.router.suppress_envoy_headers {
-        rparts.headers.insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(started.elapsed().as_millis() as u64));
+        rparts.headers.insert(
+            &X_ENVOY_UPSTREAM_SERVICE_TIME,
+            HeaderValue::from(started.elapsed().as_millis() as u64),
+        );
     }
     st.info.response_code_details = "via_upstream";
     st.finish(parts, Response::from_parts(rparts, ResponseBody::empty()))
 }
-

@@ -58,8 +58,14 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(hcm.max_request_headers_kb * 1024)
         .max_concurrent_streams(hcm.http2_max_concurrent_streams.or(Some(2_147_483_647)))
-        .initial_stream_window_size(hcm.http2_initial_stream_window_size.or(Some(256 * 1024 * 1024)))
-        .initial_connection_window_size(hcm.http2_initial_connection_window_size.or(Some(256 * 1024 * 1024)));
+        .initial_stream_window_size(
+            hcm.http2_initial_stream_window_size
+                .or(Some(256 * 1024 * 1024)),
+        )
+        .initial_connection_window_size(
+            hcm.http2_initial_connection_window_size
+                .or(Some(256 * 1024 * 1024)),
+        );
     let builder = match hcm.codec {
         Codec::Http1 => builder.http1_only(),
         Codec::Http2 => builder.http2_only(),
@@ -89,9 +95,13 @@ where
 
     let idle = hcm.idle_timeout;
     let max_requests = hcm.max_requests_per_connection.map(u64::from);
-    let max_duration = hcm.max_connection_duration.map(|d| tokio::time::Instant::now() + d);
+    let max_duration = hcm
+        .max_connection_duration
+        .map(|d| tokio::time::Instant::now() + d);
     let mut drain = Box::pin(rt.drain.signaled());
-    let mut check = tokio::time::interval(idle.map_or(Duration::from_secs(3600), |d| (d / 2).max(Duration::from_millis(50))));
+    let mut check = tokio::time::interval(idle.map_or(Duration::from_secs(3600), |d| {
+        (d / 2).max(Duration::from_millis(50))
+    }));
     check.tick().await;
     let mut closing = false;
     let mut seen = 0u64;

@@ -66,7 +66,9 @@ async fn upstream_with(name: &str, fixed: Option<u16>) -> Upstream {
     let (n, h) = (name.to_string(), hits.clone());
     let task = tokio::spawn(async move {
         loop {
-            let Ok((s, peer)) = listener.accept().await else { return };
+            let Ok((s, peer)) = listener.accept().await else {
+                return;
+            };
             let (n, h) = (n.clone(), h.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
@@ -79,14 +81,26 @@ async fn upstream_with(name: &str, fixed: Option<u16>) -> Upstream {
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(s), svc).await;
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                    .await;
             });
         }
     });
-    Upstream { addr, name: name.to_string(), hits, task }
+    Upstream {
+        addr,
+        name: name.to_string(),
+        hits,
+        task,
+    }
 }
 
-async fn echo(req: Request<Incoming>, name: &str, hits: &AtomicU64, peer: SocketAddr) -> Response<Full<Bytes>> {
+async fn echo(
+    req: Request<Incoming>,
+    name: &str,
+    hits: &AtomicU64,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
     hits.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_string();
     let mut headers = serde_json::Map::new();
@@ -111,9 +125,15 @@ async fn echo(req: Request<Incoming>, name: &str, hits: &AtomicU64, peer: Socket
         "peer": peer.to_string(),
         "headers": headers,
     });
-    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let mut status = StatusCode::OK;
-    let mut out = Bytes::from(serde_json::to_vec(&json!({"request": info, "body_len": body.len()})).unwrap());
+    let mut out =
+        Bytes::from(serde_json::to_vec(&json!({"request": info, "body_len": body.len()})).unwrap());
     if let Some(code) = path.strip_prefix("/status/") {
         status = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap();
     }
@@ -125,7 +145,8 @@ async fn echo(req: Request<Incoming>, name: &str, hits: &AtomicU64, peer: Socket
     }
     let mut resp = Response::new(Full::new(out));
     *resp.status_mut() = status;
-    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut()
+        .insert("x-upstream", name.parse().unwrap());
     resp.headers_mut().insert("server", "echo".parse().unwrap());
     resp
 }
@@ -209,7 +230,9 @@ pub async fn proxy_with(hcm: HttpConnectionManager, rt: Runtime) -> Proxy {
     let rt2 = rt.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((s, peer)) = listener.accept().await else { return };
+            let Ok((s, peer)) = listener.accept().await else {
+                return;
+            };
             let local = s.local_addr().unwrap();
             let conn = ConnInfo::new("test", local, peer);
             tokio::spawn(mesh_proxy::http::serve(s, conn, hcm.clone(), rt2.clone()));
@@ -233,23 +256,38 @@ impl Got {
     }
 
     pub fn upstream(&self) -> String {
-        self.headers.get("x-upstream").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+        self.headers
+            .get("x-upstream")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| v.to_str().unwrap().to_string())
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
     }
 }
 
 /// One HTTP/1.1 request on a fresh connection.
 pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Got {
     let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let resp = sender.send_request(req).await.unwrap();
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    Got { status: parts.status, headers: parts.headers, body }
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 /// GET `path` with `Host: host` and extra headers.
@@ -263,7 +301,11 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &st
 
 /// Runs curl with `args` (plus `-s`), returning stdout; `None` when curl is missing.
 pub fn curl(args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new("curl").arg("-s").args(args).output().ok()?;
+    let out = std::process::Command::new("curl")
+        .arg("-s")
+        .args(args)
+        .output()
+        .ok()?;
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -274,7 +316,11 @@ pub fn strict() -> bool {
 
 /// Skips (returns true) when `tool` is absent, unless strict.
 pub fn skip_without(tool: &str) -> bool {
-    let found = std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !found {
         assert!(!strict(), "{tool} is required (MESH_CI_STRICT=1)");
         eprintln!("skipping: {tool} not installed");
