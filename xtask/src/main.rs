@@ -144,12 +144,19 @@ impl KubeApiServer {
             .unwrap_or_else(|| PathBuf::from("/var/cache/mesh-kube"))
     }
 
+    /// Whether an API server already answers on the kubeconfig (started by a developer or
+    /// an earlier run): then we reuse it and must not start a second one on the same ports.
     fn running() -> bool {
-        let pid_file = Self::kube_dir().join("run/apiserver.pid");
-        std::fs::read_to_string(pid_file)
-            .ok()
-            .and_then(|pid| pid.trim().parse::<u32>().ok())
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        let dir = Self::kube_dir();
+        let kubeconfig = dir.join("run/kubeconfig");
+        if !kubeconfig.exists() {
+            return false;
+        }
+        Command::new(dir.join("bin/kubectl"))
+            .env("KUBECONFIG", &kubeconfig)
+            .args(["get", "--raw", "/readyz", "--request-timeout=3s"])
+            .output()
+            .is_ok_and(|out| out.status.success() && out.stdout == b"ok")
     }
 
     /// Starts the server (building it the first time); `None` when it cannot run here and
