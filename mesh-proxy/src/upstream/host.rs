@@ -26,13 +26,21 @@ pub struct Host {
     pub tls_mode: Option<Arc<str>>,
     /// EDS health; outlier detection and active health checks (later) write here too.
     health: AtomicU8,
+    /// Live counters, shared with the guards. Guards never hold the `Host` itself: a
+    /// pooled connection's guard lives inside the host's own pool (the `ext` slot), and
+    /// a strong reference there would keep host, pool and connection alive forever.
+    counters: Arc<Counters>,
+    ext: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
     /// Requests in flight to this host (least-request LB reads it).
     active_requests: AtomicU64,
     active_connections: AtomicU64,
     total_connections: AtomicU64,
     total_requests: AtomicU64,
     connect_failures: AtomicU64,
-    ext: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 const HEALTHY: u8 = 0;
@@ -62,11 +70,7 @@ impl Host {
             priority: 0,
             tls_mode: None,
             health: AtomicU8::new(HEALTHY),
-            active_requests: AtomicU64::new(0),
-            active_connections: AtomicU64::new(0),
-            total_connections: AtomicU64::new(0),
-            total_requests: AtomicU64::new(0),
-            connect_failures: AtomicU64::new(0),
+            counters: Arc::default(),
             ext: OnceLock::new(),
         }
     }
@@ -117,41 +121,41 @@ impl Host {
     }
 
     pub fn active_requests(&self) -> u64 {
-        self.active_requests.load(Ordering::Relaxed)
+        self.counters.active_requests.load(Ordering::Relaxed)
     }
 
     pub fn active_connections(&self) -> u64 {
-        self.active_connections.load(Ordering::Relaxed)
+        self.counters.active_connections.load(Ordering::Relaxed)
     }
 
     pub fn total_connections(&self) -> u64 {
-        self.total_connections.load(Ordering::Relaxed)
+        self.counters.total_connections.load(Ordering::Relaxed)
     }
 
     pub fn total_requests(&self) -> u64 {
-        self.total_requests.load(Ordering::Relaxed)
+        self.counters.total_requests.load(Ordering::Relaxed)
     }
 
     pub fn connect_failures(&self) -> u64 {
-        self.connect_failures.load(Ordering::Relaxed)
+        self.counters.connect_failures.load(Ordering::Relaxed)
     }
 
     pub(crate) fn record_connect_failure(&self) {
-        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        self.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request in flight until the guard drops (least-request reads this).
-    pub fn request_guard(self: &Arc<Self>) -> HostRequestGuard {
-        self.active_requests.fetch_add(1, Ordering::Relaxed);
-        self.total_requests.fetch_add(1, Ordering::Relaxed);
-        HostRequestGuard(self.clone())
+    pub fn request_guard(&self) -> HostRequestGuard {
+        self.counters.active_requests.fetch_add(1, Ordering::Relaxed);
+        self.counters.total_requests.fetch_add(1, Ordering::Relaxed);
+        HostRequestGuard(self.counters.clone())
     }
 
     /// Counts an open connection until the guard drops.
-    pub fn connection_guard(self: &Arc<Self>) -> HostConnectionGuard {
-        self.active_connections.fetch_add(1, Ordering::Relaxed);
-        self.total_connections.fetch_add(1, Ordering::Relaxed);
-        HostConnectionGuard(self.clone())
+    pub fn connection_guard(&self) -> HostConnectionGuard {
+        self.counters.active_connections.fetch_add(1, Ordering::Relaxed);
+        self.counters.total_connections.fetch_add(1, Ordering::Relaxed);
+        HostConnectionGuard(self.counters.clone())
     }
 
     /// The per-host extension slot (the HTTP connection pool lives here), created on
@@ -163,7 +167,7 @@ impl Host {
 
 /// See [`Host::request_guard`].
 #[derive(Debug)]
-pub struct HostRequestGuard(Arc<Host>);
+pub struct HostRequestGuard(Arc<Counters>);
 
 impl Drop for HostRequestGuard {
     fn drop(&mut self) {
@@ -173,7 +177,7 @@ impl Drop for HostRequestGuard {
 
 /// See [`Host::connection_guard`].
 #[derive(Debug)]
-pub struct HostConnectionGuard(Arc<Host>);
+pub struct HostConnectionGuard(Arc<Counters>);
 
 impl Drop for HostConnectionGuard {
     fn drop(&mut self) {
@@ -195,6 +199,17 @@ mod tests {
         drop(g2);
         assert_eq!(h.active_requests(), 0);
         assert_eq!(h.total_requests(), 2);
+    }
+
+    #[test]
+    fn guards_do_not_keep_the_host_alive() {
+        let h = Arc::new(Host::new("127.0.0.1:1".parse().unwrap()));
+        let weak = Arc::downgrade(&h);
+        let g = h.connection_guard();
+        // A pooled connection (holding its guard) stored in the host's own ext slot.
+        let _ = h.ext(move || std::sync::Mutex::new(Some(g)));
+        drop(h);
+        assert!(weak.upgrade().is_none(), "no reference cycle through the ext slot");
     }
 
     #[test]
