@@ -310,6 +310,32 @@ pub async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<Re
             }
             resp.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            // Envoy points 201 and 3xx direct responses at the request URI.
+            if d.status == StatusCode::CREATED || d.status.is_redirection() {
+                let fwd_proto = parts
+                    .headers
+                    .get(&X_FORWARDED_PROTO)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(scheme)
+                    .to_string();
+                let same = crate::config::route_action::Redirect {
+                    scheme: None,
+                    host: None,
+                    port: None,
+                    path: None,
+                    response_code: d.status,
+                    strip_query: false,
+                };
+                let input = RedirectInput {
+                    scheme: &fwd_proto,
+                    host: &auth,
+                    path_and_query: &pq_of(&parts),
+                    matched_len,
+                };
+                if let Ok(v) = HeaderValue::from_str(&location(&same, &input)) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+            }
             st.info.response_code_details = details;
             st.finish(&parts, resp)
         }
