@@ -176,7 +176,9 @@ async fn handle(
         let body = json!({"key": key, "count": count, "pod": id.pod, "version": id.version, "service": id.service});
         return Ok(full(StatusCode::OK, json_line(&body)));
     }
-    if !is_grpc && path == "/healthz" {
+    // `/healthz` and `/healthz/ready` (the proxy's readiness path, so the test app can
+    // stand in for a proxy in harness tests).
+    if !is_grpc && (path == "/healthz" || path == "/healthz/ready") {
         return Ok(full(StatusCode::OK, "{\"ok\":true}\n".into()));
     }
     if !is_grpc && path == "/ws" && ws::is_upgrade(req.headers()) {
