@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod crds;
+mod demo;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Project tasks")]
@@ -29,6 +30,11 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Run the mesh locally with the sample app (root): no argument runs until Ctrl-C.
+    Demo {
+        #[arg(value_enum)]
+        action: Option<demo::Action>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -36,6 +42,7 @@ fn main() -> Result<()> {
     match cli.task {
         Task::Ci { no_kube } => ci(no_kube),
         Task::Crds { check } => crds::run(&root(), check),
+        Task::Demo { action } => demo::run(&root(), action),
     }
 }
 
