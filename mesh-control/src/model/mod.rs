@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use serde::Serialize;
 
-pub use node::struct_to_json;
+pub use node::{json_to_struct, struct_to_json};
 
 /// The role a proxy plays, from the first field of its node id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

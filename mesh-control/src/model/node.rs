@@ -136,6 +136,36 @@ pub fn struct_to_json(s: &Struct) -> serde_json::Value {
     )
 }
 
+/// Converts JSON to a protobuf `Struct` (non-objects give an empty struct): for building
+/// Envoy nodes in tests, bootstraps and tools.
+pub fn json_to_struct(v: &serde_json::Value) -> Struct {
+    match v {
+        serde_json::Value::Object(map) => Struct {
+            fields: map
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
+        },
+        _ => Struct::default(),
+    }
+}
+
+fn json_to_value(v: &serde_json::Value) -> Value {
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => {
+            Kind::ListValue(envoy_types::pb::google::protobuf::ListValue {
+                values: a.iter().map(json_to_value).collect(),
+            })
+        }
+        serde_json::Value::Object(_) => Kind::StructValue(json_to_struct(v)),
+    };
+    Value { kind: Some(kind) }
+}
+
 fn value_to_json(v: &Value) -> serde_json::Value {
     match &v.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,

@@ -219,7 +219,8 @@ pub(crate) fn parse_docs(origin: &str, text: &str) -> Vec<Doc> {
             Ok(raw) => {
                 let key = state::raw_key(&raw.value);
                 let described = key.as_ref().map(|k| k.to_string());
-                match Resource::from_value(raw.value) {
+                // Schema and Istio's semantic checks, as the validating webhook would apply.
+                match mesh_api::validation::validate_value(raw.value) {
                     Ok(Resource::Unowned(u)) => {
                         tracing::debug!(component = "config", origin, kind = %u.kind, "skipping a kind the mesh does not read");
                         Doc::Good(Resource::Unowned(u))

@@ -4,12 +4,28 @@
 //! names, filter chains, defaults), so users' muscle memory from `istioctl proxy-config`
 //! carries over. Output is sorted by name, so the same input always gives the same bytes.
 
+mod cluster;
+mod endpoint;
+mod filters;
+mod gateway;
+pub mod hosts;
 pub mod index;
+mod listener;
+mod policy;
+mod route;
+mod scope;
+mod util;
+
+use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
 
-use crate::model::Proxy;
+use crate::model::{InterceptionMode, Proxy, ProxyKind};
+use crate::registry::Workload;
 use crate::store::Snapshot;
+
+pub use scope::Scope;
 
 /// Envoy v3 type URLs of the resources [`Generated`] carries.
 pub mod type_url {
@@ -51,8 +67,139 @@ impl Generated {
     }
 }
 
+/// Everything one translation needs about the proxy and the mesh.
+pub(crate) struct Ctx<'a> {
+    pub snapshot: &'a Snapshot,
+    /// The proxy, with what the registry knows about its Pod merged in.
+    pub proxy: Proxy,
+    /// The proxy's Pod, when the registry has it.
+    pub workload: Option<Arc<Workload>>,
+    pub scope: Scope,
+}
+
+impl Ctx<'_> {
+    /// The DestinationRule that applies to a host for this proxy.
+    pub fn destination_rule(
+        &self,
+        host: &str,
+        service_ns: Option<&str>,
+    ) -> Option<Arc<index::NormalizedDr>> {
+        self.snapshot.index().destination_rule(
+            host,
+            service_ns,
+            &self.proxy.namespace,
+            &self.proxy.labels,
+        )
+    }
+}
+
+/// Prefers the registry's Pod (by name and namespace, else by IP) over what the proxy says
+/// about itself, as istiod does.
+pub fn resolve_proxy(snapshot: &Snapshot, proxy: &Proxy) -> (Proxy, Option<Arc<Workload>>) {
+    let registry = snapshot.registry();
+    let pod = registry
+        .pod(&proxy.namespace, &proxy.pod_name)
+        .or_else(|| {
+            proxy
+                .ip_addresses
+                .iter()
+                .flat_map(|ip| registry.pods_by_ip(ip))
+                .find(|w| w.namespace == proxy.namespace)
+        })
+        .cloned();
+    let mut resolved = proxy.clone();
+    if let Some(w) = &pod {
+        resolved.merge_registry_pod(&w.labels, w.service_account.as_deref(), &w.ips);
+    }
+    (resolved, pod)
+}
+
+fn pack<M: Message + Name>(name: String, m: &M) -> Named {
+    Named {
+        name,
+        resource: util::any(m),
+    }
+}
+
+fn sorted(mut v: Vec<Named>) -> Vec<Named> {
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v.dedup_by(|a, b| a.name == b.name);
+    v
+}
+
 /// Generates every resource for `proxy` from `snapshot`.
 pub fn generate(snapshot: &Snapshot, proxy: &Proxy) -> Generated {
-    let _ = (snapshot, proxy);
-    Generated::default()
+    let (proxy, workload) = resolve_proxy(snapshot, proxy);
+    let scope = Scope::build(snapshot, &proxy);
+    let ctx = Ctx {
+        snapshot,
+        proxy,
+        workload,
+        scope,
+    };
+
+    let mut clusters = Vec::new();
+    let mut endpoints = Vec::new();
+    let mut listeners = Vec::new();
+    let mut routes = Vec::new();
+    cluster::outbound(&ctx, &mut clusters);
+    endpoint::all(&ctx, &mut endpoints);
+
+    match ctx.proxy.kind {
+        ProxyKind::Sidecar => {
+            let mut needs = listener::RdsNeeds::default();
+            listener::outbound(&ctx, &mut listeners, &mut needs);
+            if ctx.proxy.interception_mode != InterceptionMode::None {
+                listeners.push(listener::virtual_outbound(&ctx));
+            }
+            let ports = inbound_ports(&ctx);
+            let cluster_ports: Vec<_> = ports.iter().map(|p| (p.port, p.protocol)).collect();
+            cluster::inbound(&ctx, &cluster_ports, &mut clusters);
+            if ctx.proxy.interception_mode != InterceptionMode::None {
+                listeners.push(listener::virtual_inbound(&ctx, &ports));
+            }
+            for port in &needs.ports {
+                routes.push(route::outbound_route_config(&ctx, *port));
+            }
+            for (svc, port) in &needs.sniffed {
+                routes.push(route::sniffed_route_config(&ctx, svc, *port));
+            }
+        }
+        ProxyKind::Router => gateway::generate(&ctx, &mut listeners, &mut routes),
+    }
+
+    Generated {
+        listeners: sorted(listeners.iter().map(|l| pack(l.name.clone(), l)).collect()),
+        routes: sorted(routes.iter().map(|r| pack(r.name.clone(), r)).collect()),
+        clusters: sorted(clusters.iter().map(|c| pack(c.name.clone(), c)).collect()),
+        endpoints: sorted(
+            endpoints
+                .iter()
+                .map(|e| pack(e.cluster_name.clone(), e))
+                .collect(),
+        ),
+        secrets: Vec::new(),
+    }
+}
+
+/// The ports the proxy's workload serves (from the Services selecting its Pod), one per
+/// target port, in port order.
+fn inbound_ports(ctx: &Ctx<'_>) -> Vec<listener::InboundPort> {
+    let Some(w) = &ctx.workload else {
+        return Vec::new();
+    };
+    let mut out: std::collections::BTreeMap<u16, listener::InboundPort> = Default::default();
+    for (svc, ports) in ctx.snapshot.registry().services_for_workload(w) {
+        for (sp, target) in ports {
+            if sp.protocol == mesh_api::naming::Protocol::Udp {
+                continue;
+            }
+            out.entry(target).or_insert_with(|| listener::InboundPort {
+                port: target,
+                protocol: sp.protocol,
+                host: svc.hostname.clone(),
+            });
+        }
+    }
+    out.into_values().collect()
 }

@@ -1,0 +1,183 @@
+//! Clusters: `outbound|<port>|<subset>|<host>` per visible service port and subset, the
+//! special `BlackHoleCluster`, `PassthroughCluster` and `InboundPassthroughClusterIpv4`,
+//! and `inbound|<port>||` per workload port.
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster,
+    cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbPolicy},
+};
+use envoy_types::pb::envoy::config::core::v3::{BindConfig, SocketAddress, socket_address};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use mesh_api::naming::{
+    BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER_IPV4, PASSTHROUGH_CLUSTER, Protocol,
+};
+
+use super::Ctx;
+use super::endpoint;
+use super::policy::{Effective, default_thresholds};
+use super::util::{ads, duration};
+use crate::registry::{Resolution, Service, ServicePort};
+
+/// The source address of inbound connections to the application (Istio's choice, excluded
+/// from capture by the iptables rules).
+pub const INBOUND_PASSTHROUGH_BIND: &str = "127.0.0.6";
+
+/// `outbound|<port>|<subset>|<host>`.
+pub fn outbound_name(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+/// `inbound|<port>||`.
+pub fn inbound_name(port: u16) -> String {
+    format!("inbound|{port}||")
+}
+
+fn base(ctx: &Ctx<'_>, name: String, kind: DiscoveryType) -> Cluster {
+    Cluster {
+        name,
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(kind as i32)),
+        connect_timeout: ctx.snapshot.mesh().connect_timeout.get().map(duration),
+        circuit_breakers: Some(CircuitBreakers {
+            thresholds: vec![default_thresholds()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Every outbound cluster of the proxy's scope, plus the special clusters.
+pub fn outbound(ctx: &Ctx<'_>, out: &mut Vec<Cluster>) {
+    for svc in &ctx.scope.services {
+        for port in &svc.ports {
+            if port.protocol == Protocol::Udp {
+                continue;
+            }
+            service_port_clusters(ctx, svc, port, out);
+        }
+    }
+    out.push(blackhole(ctx));
+    out.push(passthrough(ctx));
+}
+
+fn service_port_clusters(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort, out: &mut Vec<Cluster>) {
+    let dr = ctx.destination_rule(&svc.hostname, Some(&svc.namespace));
+    let top = dr.as_ref().and_then(|d| d.spec.traffic_policy.as_ref());
+    let h2_upgrade = ctx.snapshot.mesh().h2_upgrade_policy;
+
+    let name = outbound_name(port.port, "", &svc.hostname);
+    let mut c = service_cluster(ctx, svc, port, name.clone(), None);
+    Effective::resolve(top, None, port.port).apply(
+        &mut c,
+        port.protocol,
+        h2_upgrade,
+        &svc.hostname,
+    );
+    out.push(c);
+
+    for subset in dr.iter().flat_map(|d| d.spec.subsets.iter()) {
+        let name = outbound_name(port.port, &subset.name, &svc.hostname);
+        let mut c = service_cluster(ctx, svc, port, name, Some(&subset.labels));
+        Effective::resolve(top, subset.traffic_policy.as_ref(), port.port).apply(
+            &mut c,
+            port.protocol,
+            h2_upgrade,
+            &svc.hostname,
+        );
+        out.push(c);
+    }
+}
+
+fn service_cluster(
+    ctx: &Ctx<'_>,
+    svc: &Service,
+    port: &ServicePort,
+    name: String,
+    subset_labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> Cluster {
+    match svc.resolution {
+        Resolution::ClientSideLb => {
+            let mut c = base(ctx, name.clone(), DiscoveryType::Eds);
+            c.eds_cluster_config = Some(EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: name,
+            });
+            c
+        }
+        Resolution::DnsLb | Resolution::DnsRoundRobinLb => {
+            let kind = if svc.resolution == Resolution::DnsLb {
+                DiscoveryType::StrictDns
+            } else {
+                DiscoveryType::LogicalDns
+            };
+            let mut c = base(ctx, name.clone(), kind);
+            c.dns_lookup_family = DnsLookupFamily::V4Only as i32;
+            let mut cla: ClusterLoadAssignment = endpoint::load_assignment(
+                name,
+                ctx.snapshot.registry().endpoints(svc, port.port),
+                subset_labels,
+            );
+            if kind == DiscoveryType::LogicalDns {
+                // LOGICAL_DNS takes exactly one host.
+                for group in &mut cla.endpoints {
+                    group.lb_endpoints.truncate(1);
+                }
+                cla.endpoints.retain(|g| !g.lb_endpoints.is_empty());
+                cla.endpoints.truncate(1);
+            }
+            c.load_assignment = Some(cla);
+            c
+        }
+        Resolution::Passthrough => {
+            let mut c = base(ctx, name, DiscoveryType::OriginalDst);
+            c.lb_policy = LbPolicy::ClusterProvided as i32;
+            c
+        }
+    }
+}
+
+fn blackhole(ctx: &Ctx<'_>) -> Cluster {
+    let mut c = base(ctx, BLACKHOLE_CLUSTER.to_string(), DiscoveryType::Static);
+    c.circuit_breakers = None;
+    c
+}
+
+fn passthrough(ctx: &Ctx<'_>) -> Cluster {
+    let mut c = base(
+        ctx,
+        PASSTHROUGH_CLUSTER.to_string(),
+        DiscoveryType::OriginalDst,
+    );
+    c.lb_policy = LbPolicy::ClusterProvided as i32;
+    c
+}
+
+fn bound_original_dst(ctx: &Ctx<'_>, name: String) -> Cluster {
+    let mut c = base(ctx, name, DiscoveryType::OriginalDst);
+    c.lb_policy = LbPolicy::ClusterProvided as i32;
+    c.upstream_bind_config = Some(BindConfig {
+        source_address: Some(SocketAddress {
+            address: INBOUND_PASSTHROUGH_BIND.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(0)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
+/// `inbound|<port>||` for every port the proxy's workload serves, and the inbound
+/// passthrough cluster. They forward to the original destination (the pod's own address),
+/// bound to 127.0.0.6 so the capture rules let the connection through.
+pub fn inbound(ctx: &Ctx<'_>, ports: &[(u16, Protocol)], out: &mut Vec<Cluster>) {
+    for (port, protocol) in ports {
+        let mut c = bound_original_dst(ctx, inbound_name(*port));
+        if protocol.is_http2() {
+            Effective::default().apply(&mut c, *protocol, None, "");
+        }
+        out.push(c);
+    }
+    out.push(bound_original_dst(
+        ctx,
+        INBOUND_PASSTHROUGH_CLUSTER_IPV4.to_string(),
+    ));
+}
