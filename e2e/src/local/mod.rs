@@ -357,13 +357,20 @@ impl LocalCluster {
             } else {
                 "sidecar"
             };
-            let argv = vec![
+            let mut argv = vec![
                 self.bins.mesh_proxy.display().to_string(),
                 "--mode".into(),
                 mode.into(),
                 "--xds-address".into(),
-                self.xds_address(),
+                format!("http://{}", self.xds_address()),
+                "--workload-name".into(),
+                spec.app_label(),
+                "--cluster-id".into(),
+                "Kubernetes".into(),
             ];
+            for (k, v) in &spec.labels {
+                argv.extend(["--label".to_string(), format!("{k}={v}")]);
+            }
             let log = self
                 .dir
                 .join(format!("logs/{}.{}.proxy.log", spec.namespace, spec.name));
@@ -400,12 +407,7 @@ impl LocalCluster {
             ("SERVICE_ACCOUNT", spec.service_account.clone()),
             ("SERVICE_NAME", spec.app_label()),
             ("SERVICE_VERSION", spec.version()),
-            ("ISTIO_META_WORKLOAD_NAME", spec.app_label()),
-            ("ISTIO_META_CLUSTER_ID", "Kubernetes".into()),
-            ("ISTIO_META_MESH_ID", "cluster.local".into()),
-            ("ISTIO_META_INTERCEPTION_MODE", "REDIRECT".into()),
             ("ISTIO_META_LABELS", labels),
-            ("MESH_XDS_ADDRESS", self.xds_address()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
