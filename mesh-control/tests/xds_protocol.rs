@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use mesh_control::xds::XdsType;
+use mesh_control::xds::{XdsServerConfig, XdsType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use xds_support::*;
@@ -487,4 +487,32 @@ async fn shutdown_ends_streams() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A connect storm during a stream of pushes with one generation permit: every stream must
+/// still get its initial config (pushes must not hold permits while queued for a stream
+/// that is itself waiting for a permit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_storm_during_pushes_does_not_deadlock() {
+    let mut w = world();
+    let cp = ControlPlane::start_with(
+        w.clone(),
+        XdsServerConfig {
+            push_concurrency: 1,
+        },
+    )
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..20u16 {
+        clients.push(delta_client(cp.xds_addr, ClientOptions::default(), None).await);
+        w.clusters.insert(
+            "outbound|9080||ratings.default.svc.cluster.local".into(),
+            vec![i],
+        );
+        cp.change(w.clone(), i % 3 == 0);
+    }
+    for c in &clients {
+        c.wait_for(&w.expected(), WAIT).await.unwrap();
+    }
+    assert_eq!(cp.server.registry().len(), 20);
 }

@@ -3,8 +3,8 @@
 //! ```text
 //! Store events --> debounce (100 ms quiet, 10 s max) --> fan out: every connection into the
 //! PushQueue (merged per connection) --> dispatcher: one push at a time per connection, at
-//! most `push_concurrency` at once --> generate on the blocking pool --> the stream task
-//! diffs and sends (delta: changed resources; SotW: changed types)
+//! most `push_concurrency` generating at once --> generate on the blocking pool --> the
+//! stream task diffs and sends (delta: changed resources; SotW: changed types)
 //! ```
 
 pub mod debounce;
@@ -154,8 +154,12 @@ impl Pusher {
             tokio::spawn(async move {
                 let started_at = Instant::now();
                 let command = push_command(&server, &conn, &req, started_at).await;
+                // The permit bounds generation only. Holding it until the stream task has
+                // written the push would deadlock a connect storm: streams waiting for a
+                // permit for their initial generation while every permit sits in a push
+                // queued for one of them.
+                drop(permit);
                 conn.push(PushCommand {
-                    permit: Some(permit),
                     done: Some(Box::new(done)),
                     ..command
                 })
@@ -181,7 +185,6 @@ async fn push_command(
         triggered_at: req.triggered_at,
         started_at,
         generation_time: started_at.elapsed(),
-        permit: None,
         done: None,
     }
 }

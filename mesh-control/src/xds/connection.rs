@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::resources::ProxyResources;
@@ -29,8 +29,8 @@ pub enum Protocol {
 }
 
 /// A push handed to a connection's stream task: freshly generated resources and the types
-/// to consider. The permit bounds concurrent pushes and is released once the responses are
-/// written; `done` lets the push queue hand this connection its next push.
+/// to consider. `done` lets the push queue hand this connection its next push once this one
+/// is written.
 #[derive(Debug)]
 pub struct PushCommand {
     pub resources: Arc<ProxyResources>,
@@ -41,7 +41,6 @@ pub struct PushCommand {
     /// When this connection's generation started: push time is measured from here.
     pub started_at: Instant,
     pub generation_time: Duration,
-    pub permit: Option<OwnedSemaphorePermit>,
     pub done: Option<Box<dyn Send + Sync + std::fmt::Debug>>,
 }
 

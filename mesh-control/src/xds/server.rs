@@ -38,7 +38,7 @@ use crate::monitoring::metrics::{Metrics, TypeLabel};
 /// Tunables of the xDS server.
 #[derive(Debug, Clone)]
 pub struct XdsServerConfig {
-    /// How many proxies may be generating or writing a push at once (Istio's
+    /// How many proxy generations (initial or push) may run at once (Istio's
     /// `PILOT_PUSH_THROTTLE`, default 100).
     pub push_concurrency: usize,
 }

@@ -216,17 +216,16 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub async fn start(world: World) -> ControlPlane {
+        ControlPlane::start_with(world, XdsServerConfig::default()).await
+    }
+
+    pub async fn start_with(world: World, config: XdsServerConfig) -> ControlPlane {
         let shutdown = CancellationToken::new();
         let generator = Arc::new(FakeGenerator::default());
         generator.set(world);
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
-        let server = XdsServer::new(
-            generator.clone(),
-            metrics,
-            XdsServerConfig::default(),
-            shutdown.clone(),
-        );
+        let server = XdsServer::new(generator.clone(), metrics, config, shutdown.clone());
         let monitoring = Monitoring::new(
             registry,
             server.clone(),
