@@ -92,17 +92,25 @@ async fn run(args: cli::Args) -> Result<()> {
         },
         shutdown.clone(),
     );
-    let xds_task = tokio::spawn(xds.clone().serve(xds_listener));
+    let mut xds_task = tokio::spawn(xds.clone().serve(xds_listener));
     monitoring.set_ready(true);
     info!(config_dir = %args.config_dir.display(), "ready");
 
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    shutdown.cancelled().await;
-    info!("shutting down");
-    monitoring.set_ready(false);
-
     let mut failed = false;
-    match xds_task.await {
+    let xds_result = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        // The xDS server only returns early on a transport error: stop everything then.
+        result = &mut xds_task => Some(result),
+    };
+    info!("shutting down");
+    shutdown.cancel();
+    monitoring.set_ready(false);
+    let xds_result = match xds_result {
+        Some(result) => result,
+        None => xds_task.await,
+    };
+    match xds_result {
         Ok(Ok(())) => {}
         Ok(Err(err)) => {
             error!("{err}");
