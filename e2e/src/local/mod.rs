@@ -568,7 +568,17 @@ impl LocalCluster {
 
     /// Writes `demo.json`: ingress URL, control plane URLs, and every pod.
     pub fn write_summary(&self, file: &str) -> Result<PathBuf> {
-        let pods = self.pods()?;
+        // The Cluster view plus the local-only details tools need (meshctl --local).
+        let pods: Vec<Value> = self
+            .state()
+            .pods
+            .iter()
+            .map(|p| {
+                let mut v = serde_json::to_value(info(p)).unwrap_or_default();
+                v["netns"] = Value::String(p.netns.clone());
+                v
+            })
+            .collect();
         let v = serde_json::json!({
             "ingress_url": self.ingress_url(),
             "xds_url": format!("http://{}", self.xds_address()),
