@@ -129,6 +129,11 @@ pub struct ConnectSettings {
     pub max_response_headers_kb: Option<u32>,
 }
 
+enum Got {
+    New(Idle),
+    Reused(Idle),
+}
+
 struct Idle {
     sender: http1::SendRequest<UpstreamBody>,
     local: Option<SocketAddr>,
@@ -228,8 +233,9 @@ impl HostPool {
         loop {
             let (mut conn, reused) = match self.pop_idle() {
                 Some(c) => (c, true),
-                None => match self.connect_h1(connector, settings).await {
-                    Ok((sender, local)) => (Idle { sender, local }, false),
+                None => match self.connect_or_reuse(connector, settings).await {
+                    Ok(Got::Reused(c)) => (c, true),
+                    Ok(Got::New(c)) => (c, false),
                     Err(UpstreamError::Overflow) => {
                         // At max_connections: wait as a pending request for one to return.
                         if pending.is_none() {
@@ -273,6 +279,30 @@ impl HostPool {
                     }
                     _ => return Err(classify(e.into_error())),
                 },
+            }
+        }
+    }
+
+    /// Connects, unless a connection comes back to the pool first (then the connect is
+    /// abandoned): a burst does not wait on its own connects when earlier requests
+    /// finish sooner, as Envoy's pending-request queue behaves.
+    async fn connect_or_reuse(
+        &self,
+        connector: &dyn Connector,
+        settings: &ConnectSettings,
+    ) -> Result<Got, UpstreamError> {
+        let connect = self.connect_h1(connector, settings);
+        tokio::pin!(connect);
+        loop {
+            let notified = self.returned.notified();
+            tokio::select! {
+                biased;
+                r = &mut connect => return r.map(|(sender, local)| Got::New(Idle { sender, local })),
+                _ = notified => {
+                    if let Some(c) = self.pop_idle() {
+                        return Ok(Got::Reused(c));
+                    }
+                }
             }
         }
     }
