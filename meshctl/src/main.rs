@@ -1,5 +1,13 @@
-//! `meshctl`: the mesh's command-line tool (the istioctl role). One module per subcommand.
+//! `meshctl`: the mesh's command-line tool (the istioctl role). One module per subcommand;
+//! a new subcommand is a variant of [`Command`] and a line in [`Command::run`].
 
+mod envoy;
+mod http;
+mod istio;
+mod pods;
+mod proxy_config;
+mod proxy_status;
+mod table;
 mod validate;
 
 use std::process::ExitCode;
@@ -21,18 +29,41 @@ struct Cli {
 enum Command {
     /// Validate Istio resources in files, directories or stdin (schema and semantics).
     Validate(validate::Args),
+    /// Show a proxy's listeners, routes, clusters, endpoints, bootstrap, secrets, or its
+    /// log level, from its admin API (istioctl proxy-config).
+    #[command(visible_alias = "pc")]
+    ProxyConfig(proxy_config::Args),
+    /// Show every proxy's xDS sync state from the control plane (istioctl proxy-status).
+    #[command(visible_alias = "ps")]
+    ProxyStatus(proxy_status::Args),
+}
+
+impl Command {
+    fn run(&self) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Validate(args) => validate::run(args),
+            Command::ProxyConfig(args) => proxy_config::run(args),
+            Command::ProxyStatus(args) => proxy_status::run(args),
+        }
+    }
+
+    /// The exit code of a command that failed to run: `validate` keeps 1 for invalid
+    /// input and 2 for its own failure; the others fail with 1, as istioctl does.
+    fn failure_code(&self) -> u8 {
+        match self {
+            Command::Validate(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Validate(args) => validate::run(&args),
-    };
-    match result {
+    match cli.command.run() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(cli.command.failure_code())
         }
     }
 }
