@@ -198,6 +198,14 @@ fn apps_without_sidecars_talk_by_service_name_and_teardown_survives_a_crash() {
     );
     assert_eq!(r["ok"], 3, "{r}");
 
+    // A pod goes away: it leaves the endpoints, and its namespace is deleted.
+    cluster.remove_pod("catalog-v2", "default").unwrap();
+    let slice = yaml(config.join("endpointslices/default.catalog.yaml"));
+    assert_eq!(slice["endpoints"].as_array().unwrap().len(), 1, "{slice:?}");
+    assert!(!netns_list().contains(&format!("{prefix}-default-catalog-v2")));
+    let r = client(&cluster, "sleep", "http://catalog/", "10");
+    assert_eq!(r["by_version"]["v1"], 10, "{r}");
+
     // The app runs as the non-root app UID.
     let out = cluster.exec("catalog", "default", &["id", "-u"]).unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000");

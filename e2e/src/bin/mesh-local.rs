@@ -107,6 +107,9 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
 fn bring_up(cfg: ClusterConfig, sidecars: bool) -> Result<LocalCluster> {
     let dir = cfg.dir.clone();
     demo::up(cfg, sidecars).with_context(|| {
-        format!("the demo did not come up (logs in {}/logs were removed by the teardown; rerun with `up` to keep them)", dir.display())
+        format!(
+            "the demo did not come up; what it had made in {} is torn down (the failing component's last log lines are above)",
+            dir.display()
+        )
     })
 }

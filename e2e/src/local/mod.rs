@@ -396,6 +396,44 @@ impl LocalCluster {
         self.pod_info(&spec.name, &spec.namespace)
     }
 
+    /// Deletes a pod as the kubelet would: it leaves the Service endpoints first, then its
+    /// processes stop, CNI DEL runs, and its namespace and files go.
+    pub fn remove_pod(&self, name: &str, namespace: &str) -> Result<()> {
+        let st = self.state();
+        let pod = st
+            .pods
+            .iter()
+            .find(|p| p.spec.name == name && p.spec.namespace == namespace)
+            .cloned()
+            .with_context(|| format!("no pod {namespace}/{name}"))?;
+        self.update(|s| {
+            s.pods
+                .retain(|p| !(p.spec.name == name && p.spec.namespace == namespace))
+        })?;
+        self.sync_services()?;
+        let _ = std::fs::remove_file(
+            self.config_dir()
+                .join(format!("pods/{namespace}.{name}.yaml")),
+        );
+        for pr in pod.procs.iter().rev() {
+            proc::stop(pr, Duration::from_secs(3))?;
+        }
+        let target = cni::Target {
+            node_netns: &st.node_netns,
+            pod_netns: &pod.netns,
+            container_id: &pod.container_id,
+            pod: name,
+            namespace,
+        };
+        cni::del(&st.conflist, &target, pod.cni_result.as_ref(), &st.cni_dirs)?;
+        net::delete_netns(&pod.netns)?;
+        let hd = hosts_dir(&pod.netns);
+        if hd.exists() {
+            std::fs::remove_dir_all(&hd)?;
+        }
+        Ok(())
+    }
+
     /// What a pod's processes get in their environment: the downward-API values Istio's
     /// sidecar template passes, and what the test app reads.
     fn pod_env(&self, spec: &PodSpec, ip: &str) -> Vec<(String, String)> {
