@@ -31,6 +31,8 @@ pub enum DumpError {
     UnknownResource(String),
     #[error("cannot render {0}: {1}")]
     Render(String, String),
+    #[error("{0}")]
+    Mask(String),
 }
 
 fn ts(t: SystemTime) -> Option<Timestamp> {
@@ -198,13 +200,22 @@ const RESOURCES: &[(&str, &str)] = &[
 
 /// Applies `?resource=` and `?mask=` to the rendered dump, as Envoy does: `resource`
 /// lists the elements of that repeated field from every config (each with its `@type`);
-/// `mask` keeps only the named field paths of each config (or of each resource).
+/// `mask` keeps only the named field paths of each config (or of each resource), and
+/// configs whose type has none of the paths are left out. Paths are checked against
+/// the message descriptors: a path ending at an `Any` is an error, as in Envoy.
 pub fn filter(dump: Value, resource: Option<&str>, mask: Option<&str>) -> Result<Value, DumpError> {
     let configs = dump.get("configs").and_then(Value::as_array).cloned().unwrap_or_default();
+    let paths: Option<Vec<Vec<&str>>> =
+        mask.map(|m| m.split(',').filter(|p| !p.is_empty()).map(|p| p.split('.').collect()).collect());
     let mut out = Vec::new();
     match resource {
         Some(r) => {
             let (_, ty) = RESOURCES.iter().find(|(n, _)| *n == r).ok_or_else(|| DumpError::UnknownResource(r.to_string()))?;
+            if let (Some(paths), Some(m)) = (&paths, mask) {
+                if !paths.iter().all(|p| valid_path(ty, p)) {
+                    return Err(DumpError::Mask(format!("FieldMask paths: {m:?} could not be successfully used.")));
+                }
+            }
             for c in &configs {
                 for item in c.get(r).and_then(Value::as_array).into_iter().flatten() {
                     let mut m = Map::new();
@@ -212,28 +223,59 @@ pub fn filter(dump: Value, resource: Option<&str>, mask: Option<&str>) -> Result
                     if let Value::Object(fields) = item {
                         m.extend(fields.clone());
                     }
-                    out.push(Value::Object(m));
+                    let v = Value::Object(m);
+                    out.push(match &paths {
+                        Some(p) => apply_mask(&v, p),
+                        None => v,
+                    });
                 }
             }
         }
-        None => out = configs,
-    }
-    if let Some(mask) = mask {
-        let paths: Vec<Vec<&str>> = mask.split(',').filter(|p| !p.is_empty()).map(|p| p.split('.').collect()).collect();
-        out = out.into_iter().map(|v| apply_mask(&v, &paths, true)).collect();
+        None => {
+            for c in configs {
+                match (&paths, mask) {
+                    (Some(p), Some(m)) => {
+                        let ty = c.get("@type").and_then(Value::as_str).and_then(|t| t.rsplit('/').next()).unwrap_or_default();
+                        if p.iter().all(|p| valid_path(ty, p)) {
+                            out.push(apply_mask(&c, p));
+                        }
+                        let _ = m;
+                    }
+                    _ => out.push(c),
+                }
+            }
+            if let (Some(m), true) = (mask, out.is_empty()) {
+                return Err(DumpError::Mask(format!("FieldMask {m} could not be successfully applied to any configs.")));
+            }
+        }
     }
     let mut root = Map::new();
     root.insert("configs".into(), Value::Array(out));
     Ok(Value::Object(root))
 }
 
-fn apply_mask(v: &Value, paths: &[Vec<&str>], top: bool) -> Value {
+/// Whether `path` names fields of message `ty`; it may continue into an `Any` (checked
+/// against the actual type when trimming) but not end at one.
+fn valid_path(ty: &str, path: &[&str]) -> bool {
+    let Some(mut desc) = mesh_api::envoy_json::descriptor_pool().get_message_by_name(ty) else { return false };
+    for (i, seg) in path.iter().enumerate() {
+        let Some(field) = desc.get_field_by_name(seg) else { return false };
+        let last = i + 1 == path.len();
+        match field.kind() {
+            prost_reflect::Kind::Message(m) if m.full_name() == "google.protobuf.Any" => return !last,
+            prost_reflect::Kind::Message(m) => desc = m,
+            _ => return last,
+        }
+    }
+    true
+}
+
+/// Keeps the masked paths, and `@type` wherever an object carries one.
+fn apply_mask(v: &Value, paths: &[Vec<&str>]) -> Value {
     let Value::Object(m) = v else { return v.clone() };
     let mut out = Map::new();
-    if top {
-        if let Some(t) = m.get("@type") {
-            out.insert("@type".into(), t.clone());
-        }
+    if let Some(t) = m.get("@type") {
+        out.insert("@type".into(), t.clone());
     }
     for p in paths {
         let Some((first, rest)) = p.split_first() else { continue };
@@ -243,12 +285,19 @@ fn apply_mask(v: &Value, paths: &[Vec<&str>], top: bool) -> Value {
         } else {
             let sub = [rest.to_vec()];
             match child {
-                Value::Array(a) => Value::Array(a.iter().map(|x| apply_mask(x, &sub, false)).collect()),
-                other => apply_mask(other, &sub, false),
+                Value::Array(a) => Value::Array(a.iter().map(|x| apply_mask(x, &sub)).collect()),
+                other => apply_mask(other, &sub),
             }
         };
         match (out.get_mut(*first), value) {
             (Some(Value::Object(existing)), Value::Object(new)) => existing.extend(new),
+            (Some(Value::Array(existing)), Value::Array(new)) if existing.len() == new.len() => {
+                for (e, n) in existing.iter_mut().zip(new) {
+                    if let (Value::Object(e), Value::Object(n)) = (e, n) {
+                        e.extend(n);
+                    }
+                }
+            }
             (_, value) => {
                 out.insert((*first).to_string(), value);
             }
@@ -275,8 +324,10 @@ mod tests {
         assert_eq!(r["configs"][0]["cluster"]["name"], "a");
         let r = filter(dump.clone(), Some("dynamic_active_clusters"), Some("cluster.name")).unwrap();
         assert_eq!(r["configs"][0], json!({"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.DynamicCluster", "cluster": {"name": "a"}}));
+        assert!(filter(dump.clone(), Some("dynamic_active_clusters"), Some("cluster")).is_err(), "ends at an Any");
         let r = filter(dump.clone(), None, Some("version_info")).unwrap();
         assert_eq!(r["configs"][1], json!({"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": "1"}));
+        assert!(filter(dump.clone(), None, Some("no_such_field")).is_err());
         assert!(filter(dump, Some("nope"), None).is_err());
     }
 }

@@ -39,6 +39,7 @@ pub async fn start_proxy(xds: &XdsServer, sotw: bool) -> Proxy {
 /// A TCP upstream that greets with `<tag>\n` and then echoes until EOF, then closes.
 pub struct Echo {
     pub addr: SocketAddr,
+    pub tag: String,
     task: JoinHandle<()>,
 }
 
@@ -51,6 +52,7 @@ impl Drop for Echo {
 pub async fn echo(tag: &str) -> Echo {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let name = tag.to_string();
     let tag = format!("{tag}\n");
     let task = tokio::spawn(async move {
         loop {
@@ -75,7 +77,7 @@ pub async fn echo(tag: &str) -> Echo {
             });
         }
     });
-    Echo { addr, task }
+    Echo { addr, tag: name, task }
 }
 
 /// Connects and reads the upstream's greeting line (which upstream we reached).
