@@ -180,7 +180,8 @@ async fn same_config_same_answers_as_envoy() {
     let envoy = start_envoy(&bin, &hcm, &clusters).await;
     let ours = proxy(hcm, &clusters).await;
 
-    let cases: &[(&str, &str, &[(&str, &str)])] = &[
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let cases: &[Case<'_>] = &[
         ("a.svc", "/v1/items?x=1", &[]),
         ("a.svc:80", "/r/cart/42", &[]),
         ("a.svc", "/hdr", &[("x-version", "b")]),
