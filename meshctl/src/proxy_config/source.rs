@@ -16,7 +16,7 @@ use crate::pods::{self, PodRef};
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProxyArgs {
     /// The pod whose proxy to read: NAME[.NAMESPACE], or an app label such as `sleep`.
-    #[arg(value_name = "POD[.NAMESPACE]", required_unless_present_any = ["admin", "file"])]
+    #[arg(value_name = "POD[.NAMESPACE]")]
     pub pod: Option<String>,
     /// The namespace of POD when it has no `.NAMESPACE`.
     #[arg(short = 'n', long, default_value = "default")]
@@ -71,7 +71,9 @@ impl ProxyArgs {
             });
         }
         let Some(pod) = &self.pod else {
-            bail!("name a pod (POD[.NAMESPACE]), or pass --admin URL or -f FILE");
+            bail!(
+                "which proxy? name a pod (POD[.NAMESPACE]), or pass --admin URL (or -f CONFIG_DUMP where reading a file makes sense)"
+            );
         };
         let pod = PodRef::parse(pod, &self.namespace)?;
         let backend = pods::detect()?;
