@@ -332,3 +332,38 @@ pub fn expected_routes() -> Vec<String> {
 9080 reviews.default.svc.cluster.local:9080 reviews, reviews.default /* reviews.default
 9080 allow_any * /*")
 }
+
+/// A table (columns at least two spaces apart) as maps from column title to cell, read by
+/// the header's column offsets.
+pub fn cells(table: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default();
+    let mut starts = Vec::new();
+    let mut prev_space = 2;
+    for (i, ch) in header.char_indices() {
+        if ch != ' ' && prev_space >= 2 {
+            starts.push(i);
+        }
+        prev_space = if ch == ' ' { prev_space + 1 } else { 0 };
+    }
+    let cut = |line: &str, i: usize| -> String {
+        let start = starts[i].min(line.len());
+        let end = starts
+            .get(i + 1)
+            .copied()
+            .unwrap_or(line.len())
+            .min(line.len());
+        line[start..end].trim().to_string()
+    };
+    let titles: Vec<String> = (0..starts.len()).map(|i| cut(header, i)).collect();
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            titles
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.clone(), cut(l, i)))
+                .collect()
+        })
+        .collect()
+}
