@@ -217,28 +217,27 @@ fn apps_without_sidecars_talk_by_service_name_and_teardown_survives_a_crash() {
         "{log}"
     );
 
-    // Apply and delete user config.
-    cluster.apply("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: catalog}\nspec: {hosts: [catalog]}\n").unwrap();
-    assert!(
-        config
-            .join("user/virtualservice.default.catalog.yaml")
-            .is_file()
-    );
+    // Apply and delete user config; Istio resources are validated first.
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: catalog}\n\
+              spec: {hosts: [catalog], http: [{route: [{destination: {host: catalog}}]}]}\n";
+    cluster.apply(vs).unwrap();
+    let vs_file = config.join("user/virtualservice.default.catalog.yaml");
+    assert!(vs_file.is_file());
     cluster
         .delete("kind: VirtualService\nmetadata: {name: catalog}\n")
         .unwrap();
+    assert!(!vs_file.exists());
+    assert!(cluster.apply("kind: VirtualService\nspec: {}\n").is_err());
+    // One invalid resource rejects the whole stream: nothing is written.
+    let stream = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ok}\nspec: {host: catalog}\n\
+                  ---\n\
+                  apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: bad}\nspec: {hosts: [catalog]}\n";
+    let err = cluster.apply(stream).unwrap_err().to_string();
     assert!(
-        !config
-            .join("user/virtualservice.default.catalog.yaml")
-            .exists()
+        err.contains("VirtualService") && err.contains("bad"),
+        "{err}"
     );
-    assert!(
-        cluster
-            .apply("kind: VirtualService\nspec: {}\n")
-            .unwrap_err()
-            .to_string()
-            .contains("metadata.name")
-    );
+    assert!(!config.join("user/destinationrule.default.ok.yaml").exists());
 
     // Crash: the process that built the cluster goes away without tearing down.
     let state = State::load(&dir).unwrap().unwrap();

@@ -786,14 +786,14 @@ pub fn teardown(dir: &Path) -> Result<()> {
 
 impl Cluster for LocalCluster {
     fn apply(&self, yaml: &str) -> Result<()> {
-        for (path, doc) in user_documents(&self.config_dir(), yaml)? {
+        for (path, doc) in user_documents(&self.config_dir(), yaml, true)? {
             write_yaml(&path, &doc)?;
         }
         Ok(())
     }
 
     fn delete(&self, yaml: &str) -> Result<()> {
-        for (path, _) in user_documents(&self.config_dir(), yaml)? {
+        for (path, _) in user_documents(&self.config_dir(), yaml, false)? {
             if path.exists() {
                 std::fs::remove_file(&path)
                     .with_context(|| format!("cannot remove {}", path.display()))?;
@@ -851,9 +851,25 @@ impl Cluster for LocalCluster {
 }
 
 /// Splits a YAML stream into documents, each with the file it lives in under
-/// `config/user/`. Every document must name its kind and name.
-fn user_documents(config: &Path, yaml: &str) -> Result<Vec<(PathBuf, Value)>> {
+/// `config/user/`. Every document must name its kind and name, and every Istio resource
+/// must pass the same validation as `meshctl validate` and the admission webhook: one
+/// invalid document rejects the whole stream, so nothing is written.
+fn user_documents(config: &Path, yaml: &str, validate: bool) -> Result<Vec<(PathBuf, Value)>> {
     use serde::Deserialize;
+    let invalid: Vec<String> = if validate {
+        mesh_api::validation::validate_text(yaml, "input")
+            .into_iter()
+            .filter_map(|r| r.err().map(|e| e.to_string()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if !invalid.is_empty() {
+        bail!(
+            "invalid configuration, nothing applied:\n{}",
+            invalid.join("\n")
+        );
+    }
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
         let v =
