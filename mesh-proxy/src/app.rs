@@ -4,11 +4,17 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, atomic::{AtomicBool, Ordering}},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
-use tokio::{sync::{Notify, watch}, task::JoinHandle};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
 use tracing::info;
 
 use crate::{
@@ -82,7 +88,14 @@ impl Proxy {
         let listeners = Manager::new(rt.clone(), opts.drain_duration);
         let dump = Arc::new(DumpState::default());
         let (ready_tx, ready) = readiness();
-        let applier = Applier::new(rt.store.clone(), rt.clusters.clone(), listeners.clone(), rt.stats.clone(), dump.clone(), ready_tx);
+        let applier = Applier::new(
+            rt.store.clone(),
+            rt.clusters.clone(),
+            listeners.clone(),
+            rt.stats.clone(),
+            dump.clone(),
+            ready_tx,
+        );
         let quit = Arc::new(Notify::new());
         let draining = Arc::new(AtomicBool::new(false));
         let state = AdminState {
@@ -111,7 +124,8 @@ impl Proxy {
         .enumerate()
         {
             if let Some(addr) = addr {
-                bound[i] = Some(admin::serve(addr, port, state.clone(), admin_watch.clone()).await?);
+                bound[i] =
+                    Some(admin::serve(addr, port, state.clone(), admin_watch.clone()).await?);
             }
         }
         // The xDS client stops with the admin ports (at the very end of a shutdown), so
@@ -137,7 +151,9 @@ impl Proxy {
     /// Waits until the initial configuration is applied (or `timeout` passes).
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let mut rx = self.ready.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|r| *r)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Resolves on `/quitquitquit`.

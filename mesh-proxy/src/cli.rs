@@ -28,7 +28,11 @@ impl Mode {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "mesh-proxy", version, about = "The mesh data plane: an Envoy-xDS-driven sidecar and gateway proxy")]
+#[command(
+    name = "mesh-proxy",
+    version,
+    about = "The mesh data plane: an Envoy-xDS-driven sidecar and gateway proxy"
+)]
 pub struct Args {
     #[arg(long, env = "MESH_MODE", value_enum, default_value = "sidecar")]
     pub mode: Mode,
@@ -78,7 +82,11 @@ pub struct Args {
     #[arg(long, env = "MESH_PROMETHEUS_ADDR", default_value = "0.0.0.0:15090")]
     pub prometheus_addr: String,
     /// Merged metrics and agent endpoints; empty disables.
-    #[arg(long, env = "MESH_MERGED_METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    #[arg(
+        long,
+        env = "MESH_MERGED_METRICS_ADDR",
+        default_value = "0.0.0.0:15020"
+    )]
     pub merged_metrics_addr: String,
     /// Worker threads.
     #[arg(long, env = "MESH_CONCURRENCY", default_value_t = 2)]
@@ -96,18 +104,30 @@ pub enum CliError {
     #[error("label {0:?}: expected key=value")]
     Label(String),
     #[error("labels file {path}: {source}")]
-    LabelsFile { path: PathBuf, source: std::io::Error },
+    LabelsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("labels file {path} line {line}: expected key=\"value\"")]
     LabelsLine { path: PathBuf, line: usize },
     #[error("--{flag} {value:?}: {message}")]
-    Address { flag: &'static str, value: String, message: String },
+    Address {
+        flag: &'static str,
+        value: String,
+        message: String,
+    },
 }
 
 /// `5s`, `500ms`, `1m`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 5s, 500ms, 1m)"))?;
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 5s, 500ms, 1m)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" | "" => n,
@@ -123,15 +143,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses a downward-API labels file: `key="value"` per line (values JSON-quoted).
 pub fn parse_labels_file(path: &std::path::Path) -> Result<BTreeMap<String, String>, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CliError::LabelsFile { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::LabelsFile {
+        path: path.into(),
+        source,
+    })?;
     let mut out = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let (k, v) = line.split_once('=').ok_or(CliError::LabelsLine { path: path.into(), line: i + 1 })?;
-        let v = serde_json::from_str::<String>(v).unwrap_or_else(|_| v.trim_matches('"').to_string());
+        let (k, v) = line.split_once('=').ok_or(CliError::LabelsLine {
+            path: path.into(),
+            line: i + 1,
+        })?;
+        let v =
+            serde_json::from_str::<String>(v).unwrap_or_else(|_| v.trim_matches('"').to_string());
         out.insert(k.trim().to_string(), v);
     }
     Ok(out)
@@ -145,7 +172,9 @@ impl Args {
             Some(_) | None => BTreeMap::new(),
         };
         for l in &self.labels {
-            let (k, v) = l.split_once('=').ok_or_else(|| CliError::Label(l.clone()))?;
+            let (k, v) = l
+                .split_once('=')
+                .ok_or_else(|| CliError::Label(l.clone()))?;
             labels.insert(k.to_string(), v.to_string());
         }
         Ok(labels)
@@ -153,7 +182,9 @@ impl Args {
 
     fn pod_name(&self) -> String {
         self.pod_name.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "mesh-proxy".into())
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "mesh-proxy".into())
         })
     }
 
@@ -162,27 +193,47 @@ impl Args {
         let labels = self.labels()?;
         let pod = self.pod_name();
         let ns = &self.pod_namespace;
-        let ip = self.instance_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let ip = self
+            .instance_ip
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".into());
         let id = self.node_id.clone().unwrap_or_else(|| {
-            format!("{}~{ip}~{pod}.{ns}~{ns}.svc.{}", self.mode.node_type(), self.dns_domain)
+            format!(
+                "{}~{ip}~{pod}.{ns}~{ns}.svc.{}",
+                self.mode.node_type(),
+                self.dns_domain
+            )
         });
-        let app = labels.get("app").or_else(|| labels.get("app.kubernetes.io/name")).cloned().unwrap_or_else(|| pod.clone());
+        let app = labels
+            .get("app")
+            .or_else(|| labels.get("app.kubernetes.io/name"))
+            .cloned()
+            .unwrap_or_else(|| pod.clone());
         let mut md = Map::new();
         md.insert("NAME".into(), json!(pod));
         md.insert("NAMESPACE".into(), json!(ns));
         md.insert("INSTANCE_IPS".into(), json!(ip));
-        md.insert("LABELS".into(), Value::Object(labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect()));
+        md.insert(
+            "LABELS".into(),
+            Value::Object(labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect()),
+        );
         if let Some(sa) = &self.service_account {
             md.insert("SERVICE_ACCOUNT".into(), json!(sa));
         }
-        md.insert("WORKLOAD_NAME".into(), json!(self.workload_name.clone().unwrap_or_else(|| app.clone())));
+        md.insert(
+            "WORKLOAD_NAME".into(),
+            json!(self.workload_name.clone().unwrap_or_else(|| app.clone())),
+        );
         md.insert("CLUSTER_ID".into(), json!(self.cluster_id));
         md.insert("MESH_ID".into(), json!(self.mesh_id));
         md.insert("INTERCEPTION_MODE".into(), json!(self.interception_mode));
         md.insert("PROXY_TYPE".into(), json!(self.mode.node_type()));
         Ok(NodeInfo {
             id,
-            cluster: self.service_cluster.clone().unwrap_or_else(|| format!("{app}.{ns}")),
+            cluster: self
+                .service_cluster
+                .clone()
+                .unwrap_or_else(|| format!("{app}.{ns}")),
             metadata: md,
             locality: None,
         })
@@ -196,7 +247,11 @@ impl Args {
         value
             .parse()
             .map(Some)
-            .map_err(|e: std::net::AddrParseError| CliError::Address { flag, value: value.into(), message: e.to_string() })
+            .map_err(|e: std::net::AddrParseError| CliError::Address {
+                flag,
+                value: value.into(),
+                message: e.to_string(),
+            })
     }
 }
 
@@ -211,26 +266,60 @@ mod tests {
     #[test]
     fn node_id_follows_istio() {
         let a = parse(&[
-            "--pod-name", "reviews-v1-abc", "--pod-namespace", "bookinfo", "--instance-ip", "10.250.0.7",
-            "--service-account", "reviews", "--label", "app=reviews", "--label", "version=v1",
+            "--pod-name",
+            "reviews-v1-abc",
+            "--pod-namespace",
+            "bookinfo",
+            "--instance-ip",
+            "10.250.0.7",
+            "--service-account",
+            "reviews",
+            "--label",
+            "app=reviews",
+            "--label",
+            "version=v1",
         ]);
         let n = a.node().unwrap();
-        assert_eq!(n.id, "sidecar~10.250.0.7~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local");
+        assert_eq!(
+            n.id,
+            "sidecar~10.250.0.7~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local"
+        );
         assert_eq!(n.cluster, "reviews.bookinfo");
         assert_eq!(n.metadata["NAMESPACE"], "bookinfo");
         assert_eq!(n.metadata["LABELS"]["version"], "v1");
         assert_eq!(n.metadata["SERVICE_ACCOUNT"], "reviews");
         assert_eq!(n.metadata["INSTANCE_IPS"], "10.250.0.7");
-        let r = parse(&["--mode", "router", "--pod-name", "gw", "--instance-ip", "10.250.0.9"]);
-        assert!(r.node().unwrap().id.starts_with("router~10.250.0.9~gw.default~"));
+        let r = parse(&[
+            "--mode",
+            "router",
+            "--pod-name",
+            "gw",
+            "--instance-ip",
+            "10.250.0.9",
+        ]);
+        assert!(
+            r.node()
+                .unwrap()
+                .id
+                .starts_with("router~10.250.0.9~gw.default~")
+        );
     }
 
     #[test]
     fn labels_file_and_flags() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("labels");
-        std::fs::write(&p, "app=\"ratings\"\nversion=\"v2\"\nsecurity.istio.io/tlsMode=\"istio\"\n").unwrap();
-        let a = parse(&["--labels-file", p.to_str().unwrap(), "--label", "version=v3"]);
+        std::fs::write(
+            &p,
+            "app=\"ratings\"\nversion=\"v2\"\nsecurity.istio.io/tlsMode=\"istio\"\n",
+        )
+        .unwrap();
+        let a = parse(&[
+            "--labels-file",
+            p.to_str().unwrap(),
+            "--label",
+            "version=v3",
+        ]);
         let l = a.labels().unwrap();
         assert_eq!(l["app"], "ratings");
         assert_eq!(l["version"], "v3");

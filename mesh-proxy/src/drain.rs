@@ -47,7 +47,16 @@ impl std::fmt::Debug for Never {
 pub fn channel() -> (Trigger, Watch) {
     let (signal, rx) = watch::channel(false);
     let (alive, done) = mpsc::channel(1);
-    (Trigger { signal, done }, Watch { inner: Arc::new(WatchInner { signals: vec![rx], _alive: vec![alive], _keep: None }) })
+    (
+        Trigger { signal, done },
+        Watch {
+            inner: Arc::new(WatchInner {
+                signals: vec![rx],
+                _alive: vec![alive],
+                _keep: None,
+            }),
+        },
+    )
 }
 
 // === impl Trigger ===
@@ -83,7 +92,13 @@ impl Watch {
     pub fn never() -> Watch {
         let (signal, rx) = watch::channel(false);
         let (alive, _done) = mpsc::channel(1);
-        Watch { inner: Arc::new(WatchInner { signals: vec![rx], _alive: vec![alive], _keep: Some(signal) }) }
+        Watch {
+            inner: Arc::new(WatchInner {
+                signals: vec![rx],
+                _alive: vec![alive],
+                _keep: Some(signal),
+            }),
+        }
     }
 
     /// Whether a drain has started for this watch or one of its ancestors.
@@ -115,7 +130,16 @@ impl Watch {
         signals.extend(self.inner.signals.iter().cloned());
         let mut alives = vec![alive];
         alives.extend(self.inner._alive.iter().cloned());
-        (Trigger { signal, done }, Watch { inner: Arc::new(WatchInner { signals, _alive: alives, _keep: None }) })
+        (
+            Trigger { signal, done },
+            Watch {
+                inner: Arc::new(WatchInner {
+                    signals,
+                    _alive: alives,
+                    _keep: None,
+                }),
+            },
+        )
     }
 }
 

@@ -17,9 +17,13 @@ use tracing_subscriber::{EnvFilter, layer::SubscriberExt, reload, util::Subscrib
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = EnvFilter::try_new(&args.log_level).with_context(|| format!("--log-level {:?}", args.log_level))?;
+    let filter = EnvFilter::try_new(&args.log_level)
+        .with_context(|| format!("--log-level {:?}", args.log_level))?;
     let (filter, handle) = reload::Layer::new(filter);
-    tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_target(true)).init();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_target(true))
+        .init();
     let log: mesh_proxy::admin::LogReload = Arc::new(move |directive: &str| {
         let f = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
         handle.reload(f).map_err(|e| e.to_string())

@@ -34,6 +34,9 @@ impl Runtime {
 
     /// The same state with another drain watch (a listener's).
     pub fn with_drain(&self, drain: drain::Watch) -> Self {
-        Runtime { drain, ..self.clone() }
+        Runtime {
+            drain,
+            ..self.clone()
+        }
     }
 }

@@ -6,6 +6,8 @@
 //! passthrough). Needs root; prints why and returns otherwise (fails under
 //! MESH_CI_STRICT=1).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::{net::SocketAddr, process::Command, time::Duration};
@@ -20,12 +22,19 @@ struct Netns(String);
 impl Netns {
     fn create() -> Option<Netns> {
         let name = format!("mpcap-{}-{}", std::process::id(), rand_suffix());
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().ok()?.success();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .ok()?
+            .success();
         ok.then_some(Netns(name))
     }
 
     fn exec(&self, args: &[&str]) -> bool {
-        let out = Command::new("ip").args(["netns", "exec", &self.0]).args(args).output();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output();
         match out {
             Ok(o) if o.status.success() => true,
             Ok(o) => {
@@ -52,7 +61,11 @@ impl Drop for Netns {
 }
 
 fn rand_suffix() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 100_000
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        % 100_000
 }
 
 const CLIENT: &str = "10.250.0.100";
@@ -63,7 +76,10 @@ fn iptables_redirect_to_virtual_outbound() {
         return;
     }
     let Some(ns) = Netns::create() else {
-        assert!(!mesh_proxy::testing::strict(), "cannot create a network namespace");
+        assert!(
+            !mesh_proxy::testing::strict(),
+            "cannot create a network namespace"
+        );
         eprintln!("skipping: cannot create a network namespace");
         return;
     };
@@ -77,11 +93,30 @@ fn iptables_redirect_to_virtual_outbound() {
         &["ip", "route", "add", "local", "10.251.0.0/16", "dev", "lo"],
         // Only the test client's connections are captured, so the proxy's own upstream
         // connections (which would be excluded by UID 1337 in a pod) are not.
-        &["iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-s", CLIENT, "-d", "10.251.0.0/16", "-j", "REDIRECT", "--to-ports", "15001"],
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-s",
+            CLIENT,
+            "-d",
+            "10.251.0.0/16",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ],
     ];
     for cmd in setup {
         if !ns.exec(cmd) {
-            assert!(!mesh_proxy::testing::strict(), "netns setup failed: {cmd:?}");
+            assert!(
+                !mesh_proxy::testing::strict(),
+                "netns setup failed: {cmd:?}"
+            );
             eprintln!("skipping: netns setup failed: {cmd:?}");
             return;
         }
@@ -92,7 +127,10 @@ fn iptables_redirect_to_virtual_outbound() {
         let ns = Netns(name);
         ns.enter();
         std::mem::forget(ns); // the outer guard deletes it
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(scenario())
     })
     .join();
@@ -105,14 +143,20 @@ fn iptables_redirect_to_virtual_outbound() {
 async fn connect_from_client(dst: &str) -> tokio::net::TcpStream {
     let s = tokio::net::TcpSocket::new_v4().unwrap();
     s.bind(format!("{CLIENT}:0").parse().unwrap()).unwrap();
-    tokio::time::timeout(WAIT, s.connect(dst.parse().unwrap())).await.expect("connect in time").expect("connect")
+    tokio::time::timeout(WAIT, s.connect(dst.parse().unwrap()))
+        .await
+        .expect("connect in time")
+        .expect("connect")
 }
 
 async fn read_tag(c: &mut tokio::net::TcpStream) -> String {
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     loop {
-        let n = tokio::time::timeout(WAIT, c.read(&mut b)).await.expect("greeting in time").unwrap();
+        let n = tokio::time::timeout(WAIT, c.read(&mut b))
+            .await
+            .expect("greeting in time")
+            .unwrap();
         if n == 0 || b[0] == b'\n' {
             break;
         }
@@ -125,7 +169,9 @@ async fn echo_on(addr: SocketAddr, tag: &'static str) {
     let l = tokio::net::TcpListener::bind(addr).await.unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let _ = s.write_all(format!("{tag}\n").as_bytes()).await;
                 let mut buf = [0u8; 1024];
@@ -204,7 +250,12 @@ async fn scenario() {
     let mut c = connect_from_client("10.251.0.99:7000").await;
     assert_eq!(read_tag(&mut c).await, "passthrough");
     let stats = proxy.rt.stats.encode_prometheus();
-    assert!(stats.contains("envoy_cluster_upstream_cx_total{envoy_cluster_name=\"PassthroughCluster\"} 1"), "{stats}");
+    assert!(
+        stats.contains(
+            "envoy_cluster_upstream_cx_total{envoy_cluster_name=\"PassthroughCluster\"} 1"
+        ),
+        "{stats}"
+    );
     tokio::time::sleep(Duration::from_millis(10)).await;
     proxy.shutdown().await;
 }

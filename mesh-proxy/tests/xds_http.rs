@@ -3,12 +3,17 @@
 //! test (10,000 requests over 64 connections) that must see zero errors and leave no
 //! connections or file descriptors behind once the config is removed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, atomic::{AtomicU64, Ordering}},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -22,7 +27,9 @@ use support::*;
 use tokio::net::TcpListener;
 
 /// An HTTP/1.1 upstream answering `<tag>` with `x-upstream: <tag>`.
-async fn http_upstream(tag: &'static str) -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+async fn http_upstream(
+    tag: &'static str,
+) -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let hits = Arc::new(AtomicU64::new(0));
@@ -35,10 +42,17 @@ async fn http_upstream(tag: &'static str) -> (SocketAddr, Arc<AtomicU64>, tokio:
                 let svc = service_fn(move |_req: Request<Incoming>| {
                     h.fetch_add(1, Ordering::Relaxed);
                     async move {
-                        Ok::<_, Infallible>(Response::builder().header("x-upstream", tag).body(Full::new(Bytes::from(tag))).unwrap())
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .header("x-upstream", tag)
+                                .body(Full::new(Bytes::from(tag)))
+                                .unwrap(),
+                        )
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
             });
         }
     });
@@ -72,18 +86,31 @@ type Client = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 async fn client(addr: SocketAddr) -> Client {
     let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     send
 }
 
 async fn get(c: &mut Client) -> Result<(u16, String), String> {
     c.ready().await.map_err(|e| e.to_string())?;
-    let req = Request::get("/x").header("host", "svc").body(Full::new(Bytes::new())).unwrap();
+    let req = Request::get("/x")
+        .header("host", "svc")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let resp = c.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    let up = resp.headers().get("x-upstream").map(|v| v.to_str().unwrap_or("").to_string()).unwrap_or_default();
-    let _ = resp.into_body().collect().await.map_err(|e| e.to_string())?;
+    let up = resp
+        .headers()
+        .get("x-upstream")
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    let _ = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((status, up))
 }
 
@@ -93,14 +120,26 @@ async fn listener_waits_for_routes_and_follows_rds_updates() {
     let (a, _, _ta) = http_upstream("a").await;
     let (b, _, _tb) = http_upstream("b").await;
     let port = free_port();
-    set(&xds, CDS, vec![static_cluster("a", &[a]), static_cluster("b", &[b])]);
+    set(
+        &xds,
+        CDS,
+        vec![static_cluster("a", &[a]), static_cluster("b", &[b])],
+    );
     set(&xds, LDS, vec![hcm_listener("http", port, "r")]);
     let proxy = start_proxy(&xds, false).await;
     // RDS is subscribed by the name the listener references, and the listener warms.
-    xds.wait_for(WAIT, |r| r.type_url == RDS && r.resource_names == ["r"]).await.expect("RDS subscription");
+    xds.wait_for(WAIT, |r| r.type_url == RDS && r.resource_names == ["r"])
+        .await
+        .expect("RDS subscription");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!*proxy.ready.borrow(), "not ready while the listener waits for its routes");
-    assert!(proxy.listeners.bound_addresses("http").is_none(), "warming listener is not bound");
+    assert!(
+        !*proxy.ready.borrow(),
+        "not ready while the listener waits for its routes"
+    );
+    assert!(
+        proxy.listeners.bound_addresses("http").is_none(),
+        "warming listener is not bound"
+    );
     set(&xds, RDS, vec![route("r", "a")]);
     assert!(proxy.wait_ready(WAIT).await);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -115,7 +154,10 @@ async fn listener_waits_for_routes_and_follows_rds_updates() {
         if up == "b" {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the route update never reached the open connection");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the route update never reached the open connection"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     proxy.shutdown().await;
@@ -155,10 +197,16 @@ async fn load_10k_requests_64_connections_no_leaks() {
     }
     let started = std::time::Instant::now();
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(120), t).await.expect("bounded load test").unwrap();
+        tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("bounded load test")
+            .unwrap();
     }
     let elapsed = started.elapsed();
-    eprintln!("10000 requests over 64 connections in {elapsed:?} ({:.0} req/s, debug build)", TOTAL as f64 / elapsed.as_secs_f64());
+    eprintln!(
+        "10000 requests over 64 connections in {elapsed:?} ({:.0} req/s, debug build)",
+        TOTAL as f64 / elapsed.as_secs_f64()
+    );
     assert_eq!(errors.load(Ordering::Relaxed), 0);
     assert_eq!(hits.load(Ordering::Relaxed), TOTAL as u64);
     // Clients are gone: the listener has no connections left.
@@ -177,5 +225,8 @@ async fn load_10k_requests_64_connections_no_leaks() {
     .await;
     proxy.shutdown().await;
     drop(xds);
-    eventually("file descriptors back to baseline", || async { (open_fds() <= baseline_fds + 4).then_some(()) }).await;
+    eventually("file descriptors back to baseline", || async {
+        (open_fds() <= baseline_fds + 4).then_some(())
+    })
+    .await;
 }

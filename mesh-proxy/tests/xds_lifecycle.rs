@@ -3,6 +3,8 @@
 //! config keeps serving, reconnects, EDS warming, in-place listener updates that keep
 //! connections, drain on removal, and the admin endpoints reflecting all of it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;
@@ -34,7 +36,10 @@ async fn tcp_proxies_bytes(sotw: bool) {
     let first = &xds.requests()[0];
     assert_eq!(first.type_url, CDS, "CDS is requested first");
     assert_eq!(first.node_id.as_deref(), Some(node().id.as_str()));
-    assert!(xds.requests().iter().skip(1).all(|r| r.node_id.is_none()), "node only on the first request");
+    assert!(
+        xds.requests().iter().skip(1).all(|r| r.node_id.is_none()),
+        "node only on the first request"
+    );
     drop(c);
     proxy.shutdown().await;
 }
@@ -60,12 +65,22 @@ async fn nack_keeps_last_good(sotw: bool) {
         tcp_proxy_filter("a")
     ]);
     set(&xds, LDS, vec![bad]);
-    let nack = xds.wait_for_nack(LDS, "envoy.filters.network.rbac", WAIT).await.expect("NACK naming the filter");
+    let nack = xds
+        .wait_for_nack(LDS, "envoy.filters.network.rbac", WAIT)
+        .await
+        .expect("NACK naming the filter");
     let msg = nack.error.unwrap();
     assert!(msg.contains("\"tcp\""), "names the listener: {msg}");
-    assert!(msg.contains("filter_chains[0].filters[0]"), "names the field: {msg}");
+    assert!(
+        msg.contains("filter_chains[0].filters[0]"),
+        "names the field: {msg}"
+    );
     if sotw {
-        assert_ne!(nack.version_info, xds.version(), "SotW NACK carries the last accepted version");
+        assert_ne!(
+            nack.version_info,
+            xds.version(),
+            "SotW NACK carries the last accepted version"
+        );
     }
     // The old listener still serves.
     let (mut c, tag) = greet(addr).await.unwrap();
@@ -73,14 +88,32 @@ async fn nack_keeps_last_good(sotw: bool) {
     assert_eq!(roundtrip(&mut c, b"still").await.unwrap(), b"still");
     // The dump shows the rejected version as error_state.
     let admin = proxy.admin_addr.unwrap();
-    let dump = tokio::task::spawn_blocking(move || http_get(admin, "/config_dump?resource=dynamic_listeners")).await.unwrap().unwrap();
-    assert!(dump.contains("error_state") && dump.contains("envoy.filters.network.rbac"), "{dump}");
+    let dump = tokio::task::spawn_blocking(move || {
+        http_get(admin, "/config_dump?resource=dynamic_listeners")
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        dump.contains("error_state") && dump.contains("envoy.filters.network.rbac"),
+        "{dump}"
+    );
     // A later good config is applied.
     let b = echo("b").await;
-    set(&xds, CDS, vec![static_cluster("a", &[_up.addr]), static_cluster("b", &[b.addr])]);
+    set(
+        &xds,
+        CDS,
+        vec![
+            static_cluster("a", &[_up.addr]),
+            static_cluster("b", &[b.addr]),
+        ],
+    );
     set(&xds, LDS, vec![tcp_listener("tcp", port, "b")]);
     assert!(xds.wait_for_ack(LDS, WAIT).await.is_some());
-    let tag = eventually("the new cluster", || async { greet(addr).await.ok().map(|(_, t)| t).filter(|t| t == "b") }).await;
+    let tag = eventually("the new cluster", || async {
+        greet(addr).await.ok().map(|(_, t)| t).filter(|t| t == "b")
+    })
+    .await;
     assert_eq!(tag, "b");
     drop(c);
     proxy.shutdown().await;
@@ -101,11 +134,29 @@ async fn bad_cluster_is_nacked_by_field_and_others_apply() {
     let (xds, proxy, up, _port) = tcp_setup(false).await;
     let mut bad = eds_cluster("bad");
     bad["outlierDetection"] = json!({"consecutive5xx": 3});
-    set(&xds, CDS, vec![static_cluster("a", &[up.addr]), bad, static_cluster("c", &[up.addr])]);
-    let nack = xds.wait_for_nack(CDS, "outlier_detection", WAIT).await.expect("NACK");
-    assert!(nack.error.unwrap().contains("Cluster \"bad\": outlier_detection"));
+    set(
+        &xds,
+        CDS,
+        vec![
+            static_cluster("a", &[up.addr]),
+            bad,
+            static_cluster("c", &[up.addr]),
+        ],
+    );
+    let nack = xds
+        .wait_for_nack(CDS, "outlier_detection", WAIT)
+        .await
+        .expect("NACK");
+    assert!(
+        nack.error
+            .unwrap()
+            .contains("Cluster \"bad\": outlier_detection")
+    );
     // The good cluster in the same response is applied anyway (as Envoy does).
-    eventually("cluster c", || async { proxy.rt.clusters.get("c").map(|_| ()) }).await;
+    eventually("cluster c", || async {
+        proxy.rt.clusters.get("c").map(|_| ())
+    })
+    .await;
     assert!(proxy.rt.clusters.get("bad").is_none());
     proxy.shutdown().await;
 }
@@ -120,16 +171,26 @@ async fn reconnects_and_keeps_serving(sotw: bool) {
     assert_eq!(tag, "a");
     // The client comes back; a delta client tells the server what it has.
     let again = eventually("a new stream", || async {
-        xds.requests()[before..].iter().find(|r| r.type_url == CDS && r.nonce.is_empty() && r.node_id.is_some()).cloned()
+        xds.requests()[before..]
+            .iter()
+            .find(|r| r.type_url == CDS && r.nonce.is_empty() && r.node_id.is_some())
+            .cloned()
     })
     .await;
     if !sotw {
-        assert!(again.initial_resource_versions.contains_key("a"), "{:?}", again.initial_resource_versions);
+        assert!(
+            again.initial_resource_versions.contains_key("a"),
+            "{:?}",
+            again.initial_resource_versions
+        );
     }
     // And config changes still arrive.
     let b = echo("b").await;
     set(&xds, CDS, vec![static_cluster("a", &[b.addr])]);
-    let tag = eventually("update after reconnect", || async { greet(addr).await.ok().map(|(_, t)| t).filter(|t| t == "b") }).await;
+    let tag = eventually("update after reconnect", || async {
+        greet(addr).await.ok().map(|(_, t)| t).filter(|t| t == "b")
+    })
+    .await;
     assert_eq!(tag, "b");
     proxy.shutdown().await;
 }
@@ -151,22 +212,38 @@ async fn eds_warming(sotw: bool) {
     set(&xds, LDS, vec![tcp_listener("tcp", port, "e")]);
     let proxy = start_proxy(&xds, sotw).await;
     // The cluster waits for its endpoints; LDS is not even requested yet.
-    let sub = xds.wait_for(WAIT, |r| r.type_url == EDS && r.resource_names.contains(&"e".to_string())).await;
+    let sub = xds
+        .wait_for(WAIT, |r| {
+            r.type_url == EDS && r.resource_names.contains(&"e".to_string())
+        })
+        .await;
     assert!(sub.is_some(), "EDS subscribed by name");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!*proxy.ready.borrow());
-    assert!(proxy.rt.clusters.get("e").is_none(), "warming cluster is not active");
-    assert!(xds.requests().iter().all(|r| r.type_url != LDS), "LDS waits for clusters to warm");
+    assert!(
+        proxy.rt.clusters.get("e").is_none(),
+        "warming cluster is not active"
+    );
+    assert!(
+        xds.requests().iter().all(|r| r.type_url != LDS),
+        "LDS waits for clusters to warm"
+    );
     let up = echo("e").await;
     set(&xds, EDS, vec![cla("e", &[up.addr])]);
     assert!(proxy.wait_ready(WAIT).await);
-    let (_c, tag) = greet(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();
+    let (_c, tag) = greet(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(tag, "e");
     // Endpoint updates move traffic.
     let up2 = echo("e2").await;
     set(&xds, EDS, vec![cla("e", &[up2.addr])]);
     let tag = eventually("new endpoints", || async {
-        greet(format!("127.0.0.1:{port}").parse().unwrap()).await.ok().map(|(_, t)| t).filter(|t| t == "e2")
+        greet(format!("127.0.0.1:{port}").parse().unwrap())
+            .await
+            .ok()
+            .map(|(_, t)| t)
+            .filter(|t| t == "e2")
     })
     .await;
     assert_eq!(tag, "e2");
@@ -191,7 +268,14 @@ async fn listener_update_keeps_open_connections() {
     assert_eq!(tag, "a");
     // Same listener name and address, new cluster: updated in place.
     let b = echo("b").await;
-    set(&xds, CDS, vec![static_cluster("a", &[_up.addr]), static_cluster("b", &[b.addr])]);
+    set(
+        &xds,
+        CDS,
+        vec![
+            static_cluster("a", &[_up.addr]),
+            static_cluster("b", &[b.addr]),
+        ],
+    );
     set(&xds, LDS, vec![tcp_listener("tcp", port, "b")]);
     eventually("new connections use the new chain", || async {
         greet(addr).await.ok().map(|(_, t)| t).filter(|t| t == "b")
@@ -202,7 +286,10 @@ async fn listener_update_keeps_open_connections() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(roundtrip(&mut old, b"alive").await.unwrap(), b"alive");
     let stats = proxy.rt.stats.encode_prometheus();
-    assert!(stats.contains("envoy_listener_manager_total_listeners_draining 0"), "{stats}");
+    assert!(
+        stats.contains("envoy_listener_manager_total_listeners_draining 0"),
+        "{stats}"
+    );
     proxy.shutdown().await;
 }
 
@@ -214,15 +301,24 @@ async fn removed_listener_drains_then_closes() {
     set(&xds, LDS, vec![]);
     assert!(xds.wait_for_ack(LDS, WAIT).await.is_some());
     // New connections are refused at once...
-    eventually("listener socket closed", || async { tokio::net::TcpStream::connect(addr).await.err().map(|_| ()) }).await;
+    eventually("listener socket closed", || async {
+        tokio::net::TcpStream::connect(addr).await.err().map(|_| ())
+    })
+    .await;
     // ...the open one keeps working during the drain...
     assert_eq!(roundtrip(&mut c, b"draining").await.unwrap(), b"draining");
     // ...and is closed when the drain duration (800ms) ends.
     let mut b = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b)).await.expect("closed by the drain").unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
+        .await
+        .expect("closed by the drain")
+        .unwrap_or(0);
     assert_eq!(n, 0);
     let stats = proxy.rt.stats.encode_prometheus();
-    assert!(stats.contains("envoy_listener_downstream_cx_drained_total"), "{stats}");
+    assert!(
+        stats.contains("envoy_listener_downstream_cx_drained_total"),
+        "{stats}"
+    );
     proxy.shutdown().await;
 }
 
@@ -233,7 +329,15 @@ async fn filter_chains_by_destination_port_and_default() {
     let xds = XdsServer::start().await;
     let (a, b, d) = (echo("a").await, echo("b").await, echo("default").await);
     let port = free_port();
-    set(&xds, CDS, vec![static_cluster("a", &[a.addr]), static_cluster("b", &[b.addr]), static_cluster("d", &[d.addr])]);
+    set(
+        &xds,
+        CDS,
+        vec![
+            static_cluster("a", &[a.addr]),
+            static_cluster("b", &[b.addr]),
+            static_cluster("d", &[d.addr]),
+        ],
+    );
     set(
         &xds,
         LDS,
@@ -255,7 +359,11 @@ async fn filter_chains_by_destination_port_and_default() {
     let proxy = start_proxy(&xds, false).await;
     assert!(proxy.wait_ready(WAIT).await);
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    for (sni, want) in [("a.example.com", "a"), ("x.example.com", "b"), ("a.example.org", "default")] {
+    for (sni, want) in [
+        ("a.example.com", "a"),
+        ("x.example.com", "b"),
+        ("a.example.org", "default"),
+    ] {
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
         c.write_all(&client_hello(sni)).await.unwrap();
         let mut tag = vec![0u8; want.len() + 1];
@@ -310,8 +418,14 @@ async fn admin_reflects_state() {
     let admin = proxy.admin_addr.unwrap();
     let get = |p: &'static str| tokio::task::spawn_blocking(move || http_get(admin, p).unwrap());
     assert_eq!(get("/ready").await.unwrap(), "LIVE\n");
-    let dump: serde_json::Value = serde_json::from_str(&get("/config_dump").await.unwrap()).unwrap();
-    let types: Vec<&str> = dump["configs"].as_array().unwrap().iter().map(|c| c["@type"].as_str().unwrap()).collect();
+    let dump: serde_json::Value =
+        serde_json::from_str(&get("/config_dump").await.unwrap()).unwrap();
+    let types: Vec<&str> = dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["@type"].as_str().unwrap())
+        .collect();
     assert_eq!(
         types,
         [
@@ -323,21 +437,37 @@ async fn admin_reflects_state() {
     );
     let clusters = &dump["configs"][1]["dynamic_active_clusters"];
     assert_eq!(clusters[0]["cluster"]["name"], "a");
-    assert_eq!(clusters[0]["cluster"]["@type"], "type.googleapis.com/envoy.config.cluster.v3.Cluster");
-    let masked: serde_json::Value =
-        serde_json::from_str(&get("/config_dump?resource=dynamic_listeners&mask=name").await.unwrap()).unwrap();
+    assert_eq!(
+        clusters[0]["cluster"]["@type"],
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    );
+    let masked: serde_json::Value = serde_json::from_str(
+        &get("/config_dump?resource=dynamic_listeners&mask=name")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(masked["configs"][0]["name"], "tcp");
     assert!(masked["configs"][0].get("active_state").is_none());
     let clusters_txt = get("/clusters").await.unwrap();
-    assert!(clusters_txt.contains(&format!("a::{}::health_flags::healthy", up.addr)), "{clusters_txt}");
+    assert!(
+        clusters_txt.contains(&format!("a::{}::health_flags::healthy", up.addr)),
+        "{clusters_txt}"
+    );
     let listeners = get("/listeners").await.unwrap();
     assert_eq!(listeners.trim(), format!("tcp::127.0.0.1:{port}"));
-    let _ = greet(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();
+    let _ = greet(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
     let stats = get("/stats").await.unwrap();
     assert!(stats.contains("cluster.a.upstream_cx_total: 1"), "{stats}");
     let prom = get("/stats/prometheus").await.unwrap();
-    assert!(prom.contains("envoy_cluster_upstream_cx_total{envoy_cluster_name=\"a\"} 1"), "{prom}");
-    let info: serde_json::Value = serde_json::from_str(&get("/server_info").await.unwrap()).unwrap();
+    assert!(
+        prom.contains("envoy_cluster_upstream_cx_total{envoy_cluster_name=\"a\"} 1"),
+        "{prom}"
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&get("/server_info").await.unwrap()).unwrap();
     assert_eq!(info["state"], "LIVE");
     assert_eq!(info["node"]["id"], node().id);
     proxy.shutdown().await;

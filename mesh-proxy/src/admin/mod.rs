@@ -18,8 +18,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, info, warn};
 
 use crate::{
-    Runtime,
-    drain,
+    Runtime, drain,
     listener::Manager,
     xds::{NodeInfo, dump::DumpState},
 };
@@ -84,12 +83,21 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 fn json(v: &serde_json::Value) -> Response<Body> {
-    reply(StatusCode::OK, "application/json", serde_json::to_vec_pretty(v).unwrap_or_default())
+    reply(
+        StatusCode::OK,
+        "application/json",
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    )
 }
 
 /// Binds `addr` and serves `port`'s endpoints until `shutdown` fires. Returns the bound
 /// address (port 0 resolved) once listening.
-pub async fn serve(addr: SocketAddr, port: Port, state: AdminState, shutdown: drain::Watch) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    port: Port,
+    state: AdminState,
+    shutdown: drain::Watch,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     info!(%bound, ?port, "admin listening");
@@ -114,7 +122,10 @@ pub async fn serve(addr: SocketAddr, port: Port, state: AdminState, shutdown: dr
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(route(port, &state, req).await) }
                 });
-                if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
                     debug!(error = %e, "admin connection ended");
                 }
             });
@@ -124,7 +135,10 @@ pub async fn serve(addr: SocketAddr, port: Port, state: AdminState, shutdown: dr
 }
 
 fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
-    req.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
 }
 
 fn param<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
@@ -143,19 +157,38 @@ async fn route(port: Port, state: &AdminState, req: Request<Incoming>) -> Respon
     let _ = req.into_body().collect().await;
     match (port, path.as_str()) {
         (Port::Health | Port::Merged, "/healthz/ready") => {
-            if is_ready(state) { text(StatusCode::OK, "") } else { text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+            if is_ready(state) {
+                text(StatusCode::OK, "")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
         }
-        (Port::Prometheus | Port::Merged, "/stats/prometheus") | (Port::Admin, "/stats/prometheus") => {
-            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.rt.stats.encode_prometheus())
-        }
+        (Port::Prometheus | Port::Merged, "/stats/prometheus")
+        | (Port::Admin, "/stats/prometheus") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.rt.stats.encode_prometheus(),
+        ),
         (Port::Admin, _) => admin(state, &method, &path, &q).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
-async fn admin(state: &AdminState, method: &Method, path: &str, q: &[(String, String)]) -> Response<Body> {
+async fn admin(
+    state: &AdminState,
+    method: &Method,
+    path: &str,
+    q: &[(String, String)],
+) -> Response<Body> {
     let post_only = |f: &dyn Fn() -> Response<Body>| {
-        if method == Method::POST { f() } else { text(StatusCode::METHOD_NOT_ALLOWED, "This endpoint requires POST\n") }
+        if method == Method::POST {
+            f()
+        } else {
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "This endpoint requires POST\n",
+            )
+        }
     };
     match path {
         "/" => text(StatusCode::OK, views::help()),
@@ -171,8 +204,16 @@ async fn admin(state: &AdminState, method: &Method, path: &str, q: &[(String, St
         }
         "/config_dump" => {
             let include_eds = q.iter().any(|(k, _)| k == "include_eds");
-            let dump = config_dump::build(&state.dump, &state.node, &state.xds_address, state.delta, include_eds, state.started);
-            let rendered = config_dump::to_json(&dump).and_then(|v| config_dump::filter(v, param(q, "resource"), param(q, "mask")));
+            let dump = config_dump::build(
+                &state.dump,
+                &state.node,
+                &state.xds_address,
+                state.delta,
+                include_eds,
+                state.started,
+            );
+            let rendered = config_dump::to_json(&dump)
+                .and_then(|v| config_dump::filter(v, param(q, "resource"), param(q, "mask")));
             match rendered {
                 Ok(v) => json(&v),
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
@@ -195,15 +236,34 @@ async fn admin(state: &AdminState, method: &Method, path: &str, q: &[(String, St
         "/stats" => {
             let filter = match param(q, "filter").map(regex::Regex::new).transpose() {
                 Ok(f) => f,
-                Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid filter regex: {e}\n")),
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid filter regex: {e}\n"),
+                    );
+                }
             };
-            let stats = views::stats(state, filter.as_ref(), q.iter().any(|(k, _)| k == "usedonly"));
+            let stats = views::stats(
+                state,
+                filter.as_ref(),
+                q.iter().any(|(k, _)| k == "usedonly"),
+            );
             match param(q, "format") {
                 Some("json") => json(&serde_json::json!({
                     "stats": stats.iter().map(|(n, v)| serde_json::json!({"name": n, "value": v})).collect::<Vec<_>>()
                 })),
-                Some("prometheus") => reply(StatusCode::OK, "text/plain; version=0.0.4", state.rt.stats.encode_prometheus()),
-                _ => text(StatusCode::OK, stats.iter().map(|(n, v)| format!("{n}: {v}\n")).collect::<String>()),
+                Some("prometheus") => reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    state.rt.stats.encode_prometheus(),
+                ),
+                _ => text(
+                    StatusCode::OK,
+                    stats
+                        .iter()
+                        .map(|(n, v)| format!("{n}: {v}\n"))
+                        .collect::<String>(),
+                ),
             }
         }
         "/server_info" => match views::server_info(state) {
@@ -212,7 +272,10 @@ async fn admin(state: &AdminState, method: &Method, path: &str, q: &[(String, St
         },
         "/logging" => {
             if method != Method::POST && !q.is_empty() {
-                return text(StatusCode::METHOD_NOT_ALLOWED, "This endpoint requires POST\n");
+                return text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "This endpoint requires POST\n",
+                );
             }
             if let Some(level) = param(q, "level") {
                 return set_log(state, level.to_string());
@@ -226,10 +289,15 @@ async fn admin(state: &AdminState, method: &Method, path: &str, q: &[(String, St
                 }
                 return set_log(state, d);
             }
-            text(StatusCode::OK, format!("active log filter: {}\n", state.log_level.lock()))
+            text(
+                StatusCode::OK,
+                format!("active log filter: {}\n", state.log_level.lock()),
+            )
         }
         "/quitquitquit" => post_only(&|| {
-            state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            state
+                .draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             state.quit.notify_one();
             text(StatusCode::OK, "OK\n")
         }),
@@ -237,29 +305,47 @@ async fn admin(state: &AdminState, method: &Method, path: &str, q: &[(String, St
             let inbound_only = q.iter().any(|(k, _)| k == "inboundonly");
             drop(state.listeners.drain_listeners(inbound_only));
             if !inbound_only {
-                state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                state
+                    .draining
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             text(StatusCode::OK, "OK\n")
         }),
-        _ => text(StatusCode::NOT_FOUND, format!("invalid path: {path}\n{}", views::help())),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("invalid path: {path}\n{}", views::help()),
+        ),
     }
 }
 
 fn set_log(state: &AdminState, directive: String) -> Response<Body> {
     let Some(reload) = &state.log else {
-        return text(StatusCode::NOT_IMPLEMENTED, "runtime log level changes are not available\n");
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "runtime log level changes are not available\n",
+        );
     };
-    let valid = ["trace", "debug", "info", "warn", "warning", "error", "critical", "off"];
+    let valid = [
+        "trace", "debug", "info", "warn", "warning", "error", "critical", "off",
+    ];
     // Envoy's level names map onto tracing's.
-    let directive = directive.replace("warning", "warn").replace("critical", "error");
+    let directive = directive
+        .replace("warning", "warn")
+        .replace("critical", "error");
     if !directive.contains('=') && !valid.contains(&directive.as_str()) {
-        return text(StatusCode::BAD_REQUEST, format!("unknown log level {directive:?}\n"));
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("unknown log level {directive:?}\n"),
+        );
     }
     match reload(&directive) {
         Ok(()) => {
             *state.log_level.lock() = directive.clone();
             text(StatusCode::OK, format!("active log filter: {directive}\n"))
         }
-        Err(e) => text(StatusCode::BAD_REQUEST, format!("invalid log filter: {e}\n")),
+        Err(e) => text(
+            StatusCode::BAD_REQUEST,
+            format!("invalid log filter: {e}\n"),
+        ),
     }
 }

@@ -5,16 +5,22 @@ use std::{fmt::Write, net::SocketAddr};
 use envoy_types::pb::{
     envoy::{
         admin::v3::{
-            ClusterStatus, Clusters, CommandLineOptions, HostHealthStatus, HostStatus, ListenerStatus,
-            Listeners, ServerInfo, SimpleMetric, server_info::State, simple_metric::Type as MetricType,
+            ClusterStatus, Clusters, CommandLineOptions, HostHealthStatus, HostStatus,
+            ListenerStatus, Listeners, ServerInfo, SimpleMetric, server_info::State,
+            simple_metric::Type as MetricType,
         },
-        config::core::v3::{Address, HealthStatus as PbHealth, Locality, SocketAddress, address, socket_address},
+        config::core::v3::{
+            Address, HealthStatus as PbHealth, Locality, SocketAddress, address, socket_address,
+        },
     },
     google::protobuf::Duration as PbDuration,
 };
 use serde_json::Value;
 
-use super::{AdminState, config_dump::{DumpError, to_json, to_json_with_defaults}};
+use super::{
+    AdminState,
+    config_dump::{DumpError, to_json, to_json_with_defaults},
+};
 use crate::{config::endpoint::HealthStatus, upstream::ResourceKind};
 
 pub(super) fn help() -> String {
@@ -40,7 +46,9 @@ fn sock(a: SocketAddr) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: a.ip().to_string(),
-            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(a.port()))),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                a.port(),
+            ))),
             ..Default::default()
         })),
     }
@@ -61,7 +69,11 @@ pub(super) fn clusters_text(state: &AdminState) -> String {
             (ResourceKind::Requests, "max_requests"),
             (ResourceKind::Retries, "max_retries"),
         ] {
-            let _ = writeln!(out, "{name}::default_priority::{label}::{}", cb.usage(kind).1);
+            let _ = writeln!(
+                out,
+                "{name}::default_priority::{label}::{}",
+                cb.usage(kind).1
+            );
         }
         let _ = writeln!(out, "{name}::added_via_api::true");
         if let Some(eds) = c.config().eds_service_name() {
@@ -70,7 +82,11 @@ pub(super) fn clusters_text(state: &AdminState) -> String {
         for h in c.hosts().hosts.iter() {
             let a = h.addr;
             let _ = writeln!(out, "{name}::{a}::cx_active::{}", h.active_connections());
-            let _ = writeln!(out, "{name}::{a}::cx_connect_fail::{}", h.connect_failures());
+            let _ = writeln!(
+                out,
+                "{name}::{a}::cx_connect_fail::{}",
+                h.connect_failures()
+            );
             let _ = writeln!(out, "{name}::{a}::cx_total::{}", h.total_connections());
             let _ = writeln!(out, "{name}::{a}::rq_active::{}", h.active_requests());
             let _ = writeln!(out, "{name}::{a}::rq_total::{}", h.total_requests());
@@ -101,7 +117,11 @@ pub(super) fn clusters_json(state: &AdminState) -> Result<Value, DumpError> {
     let mut statuses = Vec::new();
     for name in names {
         let c = &all[name];
-        let metric = |n: &str, v: u64, t: MetricType| SimpleMetric { name: n.into(), value: v, r#type: t as i32 };
+        let metric = |n: &str, v: u64, t: MetricType| SimpleMetric {
+            name: n.into(),
+            value: v,
+            r#type: t as i32,
+        };
         let host_statuses = c
             .hosts()
             .hosts
@@ -139,11 +159,17 @@ pub(super) fn clusters_json(state: &AdminState) -> Result<Value, DumpError> {
             added_via_api: true,
             host_statuses,
             observability_name: c.config().stat_name.clone(),
-            eds_service_name: c.config().eds_service_name().unwrap_or_default().to_string(),
+            eds_service_name: c
+                .config()
+                .eds_service_name()
+                .unwrap_or_default()
+                .to_string(),
             ..Default::default()
         });
     }
-    to_json(&Clusters { cluster_statuses: statuses })
+    to_json(&Clusters {
+        cluster_statuses: statuses,
+    })
 }
 
 pub(super) fn listeners_text(state: &AdminState) -> String {
@@ -162,7 +188,9 @@ pub(super) fn listeners_json(state: &AdminState) -> Result<Value, DumpError> {
         .into_iter()
         .map(|(l, bound)| {
             let mut addrs = if bound.is_empty() {
-                std::iter::once(l.address).chain(l.additional_addresses.iter().copied()).collect::<Vec<_>>()
+                std::iter::once(l.address)
+                    .chain(l.additional_addresses.iter().copied())
+                    .collect::<Vec<_>>()
             } else {
                 bound
             };
@@ -178,7 +206,11 @@ pub(super) fn listeners_json(state: &AdminState) -> Result<Value, DumpError> {
 }
 
 /// Envoy-style stat names and values, sorted.
-pub(super) fn stats(state: &AdminState, filter: Option<&regex::Regex>, used_only: bool) -> Vec<(String, i64)> {
+pub(super) fn stats(
+    state: &AdminState,
+    filter: Option<&regex::Regex>,
+    used_only: bool,
+) -> Vec<(String, i64)> {
     let mut out: Vec<(String, i64)> = Vec::new();
     let s = &state.rt.stats;
     for c in state.rt.clusters.all().values() {
@@ -188,7 +220,9 @@ pub(super) fn stats(state: &AdminState, filter: Option<&regex::Regex>, used_only
         }
     }
     for (l, _) in state.listeners.listeners() {
-        let h = s.listener.handles(&crate::stats::ListenerLabels { envoy_listener_address: l.stat_name.clone() });
+        let h = s.listener.handles(&crate::stats::ListenerLabels {
+            envoy_listener_address: l.stat_name.clone(),
+        });
         for (n, v) in h.values() {
             out.push((format!("listener.{}.{n}", l.stat_name), v));
         }
@@ -196,13 +230,34 @@ pub(super) fn stats(state: &AdminState, filter: Option<&regex::Regex>, used_only
     let server = &s.server;
     out.push(("server.live".into(), server.live.get()));
     out.push(("server.state".into(), server.state.get()));
-    out.push(("server.uptime".into(), i64::try_from(s.uptime_secs()).unwrap_or(i64::MAX)));
-    out.push(("control_plane.connected_state".into(), server.control_plane_connected.get()));
-    out.push(("listener_manager.total_listeners_active".into(), server.total_listeners_active.get()));
-    out.push(("listener_manager.total_listeners_warming".into(), server.total_listeners_warming.get()));
-    out.push(("listener_manager.total_listeners_draining".into(), server.total_listeners_draining.get()));
-    out.push(("cluster_manager.active_clusters".into(), server.active_clusters.get()));
-    out.push(("cluster_manager.warming_clusters".into(), server.warming_clusters.get()));
+    out.push((
+        "server.uptime".into(),
+        i64::try_from(s.uptime_secs()).unwrap_or(i64::MAX),
+    ));
+    out.push((
+        "control_plane.connected_state".into(),
+        server.control_plane_connected.get(),
+    ));
+    out.push((
+        "listener_manager.total_listeners_active".into(),
+        server.total_listeners_active.get(),
+    ));
+    out.push((
+        "listener_manager.total_listeners_warming".into(),
+        server.total_listeners_warming.get(),
+    ));
+    out.push((
+        "listener_manager.total_listeners_draining".into(),
+        server.total_listeners_draining.get(),
+    ));
+    out.push((
+        "cluster_manager.active_clusters".into(),
+        server.active_clusters.get(),
+    ));
+    out.push((
+        "cluster_manager.warming_clusters".into(),
+        server.warming_clusters.get(),
+    ));
     out.retain(|(n, v)| filter.is_none_or(|f| f.is_match(n)) && (!used_only || *v != 0));
     out.sort();
     out
@@ -220,8 +275,14 @@ pub(super) fn server_info(state: &AdminState) -> Result<Value, DumpError> {
     to_json_with_defaults(&ServerInfo {
         version: format!("mesh-proxy/{}/RELEASE", env!("CARGO_PKG_VERSION")),
         state: st as i32,
-        uptime_current_epoch: Some(PbDuration { seconds: up, nanos: 0 }),
-        uptime_all_epochs: Some(PbDuration { seconds: up, nanos: 0 }),
+        uptime_current_epoch: Some(PbDuration {
+            seconds: up,
+            nanos: 0,
+        }),
+        uptime_all_epochs: Some(PbDuration {
+            seconds: up,
+            nanos: 0,
+        }),
         hot_restart_version: "disabled".into(),
         command_line_options: Some(CommandLineOptions {
             service_node: state.node.id.clone(),

@@ -31,33 +31,45 @@ pub fn socket_address_of<'a>(a: &'a Address, field: &str) -> Result<&'a SocketAd
     match &a.address {
         Some(address::Address::SocketAddress(s)) => Ok(s),
         Some(address::Address::Pipe(_)) => Err(ConfigError::unsupported(format!("{field}.pipe"))),
-        Some(address::Address::EnvoyInternalAddress(_)) => {
-            Err(ConfigError::unsupported(format!("{field}.envoy_internal_address")))
-        }
+        Some(address::Address::EnvoyInternalAddress(_)) => Err(ConfigError::unsupported(format!(
+            "{field}.envoy_internal_address"
+        ))),
         None => Err(ConfigError::field(field, "address is required")),
     }
 }
 
 fn port_of(s: &SocketAddress, field: &str) -> Result<u16> {
     match &s.port_specifier {
-        Some(socket_address::PortSpecifier::PortValue(p)) => u16::try_from(*p)
-            .map_err(|_| ConfigError::field(format!("{field}.port_value"), format!("port {p} out of range"))),
+        Some(socket_address::PortSpecifier::PortValue(p)) => u16::try_from(*p).map_err(|_| {
+            ConfigError::field(
+                format!("{field}.port_value"),
+                format!("port {p} out of range"),
+            )
+        }),
         Some(socket_address::PortSpecifier::NamedPort(_)) => {
             Err(ConfigError::unsupported(format!("{field}.named_port")))
         }
-        None => Err(ConfigError::field(format!("{field}.port_value"), "port is required")),
+        None => Err(ConfigError::field(
+            format!("{field}.port_value"),
+            "port is required",
+        )),
     }
 }
 
 fn check_socket_fields(s: &SocketAddress, field: &str) -> Result<()> {
     if s.protocol != socket_address::Protocol::Tcp as i32 {
-        return Err(ConfigError::field(format!("{field}.protocol"), "only TCP is supported"));
+        return Err(ConfigError::field(
+            format!("{field}.protocol"),
+            "only TCP is supported",
+        ));
     }
     if !s.resolver_name.is_empty() {
         return Err(ConfigError::unsupported(format!("{field}.resolver_name")));
     }
     if !s.network_namespace_filepath.is_empty() {
-        return Err(ConfigError::unsupported(format!("{field}.network_namespace_filepath")));
+        return Err(ConfigError::unsupported(format!(
+            "{field}.network_namespace_filepath"
+        )));
     }
     Ok(())
 }
@@ -69,7 +81,10 @@ pub fn socket_addr(a: &Address, field: &str) -> Result<SocketAddr> {
     check_socket_fields(s, &field)?;
     let port = port_of(s, &field)?;
     let ip: IpAddr = s.address.parse().map_err(|_| {
-        ConfigError::field(format!("{field}.address"), format!("{:?} is not an IP address", s.address))
+        ConfigError::field(
+            format!("{field}.address"),
+            format!("{:?} is not an IP address", s.address),
+        )
     })?;
     Ok(SocketAddr::new(ip, port))
 }
@@ -81,25 +96,39 @@ pub fn host_port(a: &Address, field: &str) -> Result<HostPort> {
     check_socket_fields(s, &field)?;
     let port = port_of(s, &field)?;
     if s.address.is_empty() {
-        return Err(ConfigError::field(format!("{field}.address"), "address is required"));
+        return Err(ConfigError::field(
+            format!("{field}.address"),
+            "address is required",
+        ));
     }
     Ok(match s.address.parse::<IpAddr>() {
         Ok(ip) => HostPort::Ip(SocketAddr::new(ip, port)),
-        Err(_) => HostPort::Dns { host: s.address.clone(), port },
+        Err(_) => HostPort::Dns {
+            host: s.address.clone(),
+            port,
+        },
     })
 }
 
 /// A CIDR range; Envoy masks the host bits (`10.1.2.3/8` means `10.0.0.0/8`).
 pub fn cidr(c: &CidrRange, field: &str) -> Result<IpNet> {
     let ip: IpAddr = c.address_prefix.parse().map_err(|_| {
-        ConfigError::field(format!("{field}.address_prefix"), format!("{:?} is not an IP address", c.address_prefix))
+        ConfigError::field(
+            format!("{field}.address_prefix"),
+            format!("{:?} is not an IP address", c.address_prefix),
+        )
     })?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len = c.prefix_len.map(|v| v.value).unwrap_or(max);
     let len = u8::try_from(len)
         .ok()
         .filter(|l| u32::from(*l) <= max)
-        .ok_or_else(|| ConfigError::field(format!("{field}.prefix_len"), format!("{len} is out of range for {ip}")))?;
+        .ok_or_else(|| {
+            ConfigError::field(
+                format!("{field}.prefix_len"),
+                format!("{len} is out of range for {ip}"),
+            )
+        })?;
     IpNet::new(ip, len)
         .map(|n| n.trunc())
         .map_err(|e| ConfigError::field(format!("{field}.prefix_len"), e.to_string()))
@@ -122,10 +151,16 @@ mod tests {
 
     #[test]
     fn parses_ip_and_dns() {
-        assert_eq!(socket_addr(&sa("::1", 80), "address").unwrap(), "[::1]:80".parse().unwrap());
+        assert_eq!(
+            socket_addr(&sa("::1", 80), "address").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
         assert_eq!(
             host_port(&sa("example.local", 53), "address").unwrap(),
-            HostPort::Dns { host: "example.local".into(), port: 53 }
+            HostPort::Dns {
+                host: "example.local".into(),
+                port: 53
+            }
         );
         let e = socket_addr(&sa("example.local", 80), "address").unwrap_err();
         assert_eq!(e.field, "address.socket_address.address");
@@ -135,11 +170,23 @@ mod tests {
 
     #[test]
     fn cidr_masks_host_bits() {
-        let c = CidrRange { address_prefix: "10.1.2.3".into(), prefix_len: Some(UInt32Value { value: 8 }) };
-        assert_eq!(cidr(&c, "x").unwrap(), "10.0.0.0/8".parse::<IpNet>().unwrap());
-        let c = CidrRange { address_prefix: "10.1.2.3".into(), prefix_len: Some(UInt32Value { value: 33 }) };
+        let c = CidrRange {
+            address_prefix: "10.1.2.3".into(),
+            prefix_len: Some(UInt32Value { value: 8 }),
+        };
+        assert_eq!(
+            cidr(&c, "x").unwrap(),
+            "10.0.0.0/8".parse::<IpNet>().unwrap()
+        );
+        let c = CidrRange {
+            address_prefix: "10.1.2.3".into(),
+            prefix_len: Some(UInt32Value { value: 33 }),
+        };
         assert!(cidr(&c, "x").is_err());
-        let c = CidrRange { address_prefix: "::1".into(), prefix_len: None };
+        let c = CidrRange {
+            address_prefix: "::1".into(),
+            prefix_len: None,
+        };
         assert_eq!(cidr(&c, "x").unwrap(), "::1/128".parse::<IpNet>().unwrap());
     }
 }

@@ -23,11 +23,7 @@ use envoy_types::pb::{
     google::protobuf::Any,
 };
 
-use super::{
-    ConfigError, Result, decode_any,
-    endpoint::ClusterLoadAssignment,
-    opt_duration,
-};
+use super::{ConfigError, Result, decode_any, endpoint::ClusterLoadAssignment, opt_duration};
 
 /// Envoy's default `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,7 +33,8 @@ pub const DEFAULT_MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-const RAW_BUFFER: &str = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+const RAW_BUFFER: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
@@ -61,10 +58,20 @@ pub struct Cluster {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Discovery {
     Static,
-    StrictDns { refresh_rate: Duration, respect_dns_ttl: bool, family: DnsFamily },
+    StrictDns {
+        refresh_rate: Duration,
+        respect_dns_ttl: bool,
+        family: DnsFamily,
+    },
     /// `service_name` is the EDS resource name (the cluster name when empty).
-    Eds { service_name: String },
-    OriginalDst { use_http_header: bool, http_header_name: String, upstream_port_override: Option<u16> },
+    Eds {
+        service_name: String,
+    },
+    OriginalDst {
+        use_http_header: bool,
+        http_header_name: String,
+        upstream_port_override: Option<u16>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,16 +86,26 @@ pub enum DnsFamily {
 #[derive(Debug, Clone, PartialEq)]
 pub enum LbPolicy {
     RoundRobin,
-    LeastRequest { choice_count: u32, active_request_bias: f64 },
+    LeastRequest {
+        choice_count: u32,
+        active_request_bias: f64,
+    },
     Random,
-    RingHash { min_ring_size: u64, max_ring_size: u64, use_hostname: bool },
-    Maglev { table_size: u64, use_hostname: bool },
+    RingHash {
+        min_ring_size: u64,
+        max_ring_size: u64,
+        use_hostname: bool,
+    },
+    Maglev {
+        table_size: u64,
+        use_hostname: bool,
+    },
     /// ORIGINAL_DST clusters: the host is the connection's original destination.
     ClusterProvided,
 }
 
 /// The DEFAULT and HIGH priority thresholds (Envoy's defaults when unset).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CircuitBreakerThresholds {
     pub default: Thresholds,
     pub high: Thresholds,
@@ -104,13 +121,12 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024, max_retries: 3 }
-    }
-}
-
-impl Default for CircuitBreakerThresholds {
-    fn default() -> Self {
-        CircuitBreakerThresholds { default: Thresholds::default(), high: Thresholds::default() }
+        Thresholds {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
     }
 }
 
@@ -157,7 +173,11 @@ impl TryFrom<&cpb::Cluster> for Cluster {
 }
 
 fn unsupported_if(cond: bool, field: &str) -> Result<()> {
-    if cond { Err(ConfigError::unsupported(field)) } else { Ok(()) }
+    if cond {
+        Err(ConfigError::unsupported(field))
+    } else {
+        Ok(())
+    }
 }
 
 fn convert(c: &cpb::Cluster) -> Result<Cluster> {
@@ -171,42 +191,76 @@ fn convert(c: &cpb::Cluster) -> Result<Cluster> {
     unsupported_if(c.upstream_bind_config.is_some(), "upstream_bind_config")?;
     unsupported_if(!c.dns_resolvers.is_empty(), "dns_resolvers")?;
     unsupported_if(c.dns_resolution_config.is_some(), "dns_resolution_config")?;
-    unsupported_if(c.typed_dns_resolver_config.is_some(), "typed_dns_resolver_config")?;
+    unsupported_if(
+        c.typed_dns_resolver_config.is_some(),
+        "typed_dns_resolver_config",
+    )?;
     unsupported_if(c.lrs_server.is_some(), "lrs_server")?;
     unsupported_if(!c.filters.is_empty(), "filters")?;
     unsupported_if(c.upstream_config.is_some(), "upstream_config")?;
     unsupported_if(c.preconnect_policy.is_some(), "preconnect_policy")?;
-    unsupported_if(c.connection_pool_per_downstream_connection, "connection_pool_per_downstream_connection")?;
-    unsupported_if(c.upstream_connection_options.is_some(), "upstream_connection_options")?;
-    unsupported_if(c.transport_socket_matcher.is_some(), "transport_socket_matcher")?;
+    unsupported_if(
+        c.connection_pool_per_downstream_connection,
+        "connection_pool_per_downstream_connection",
+    )?;
+    unsupported_if(
+        c.upstream_connection_options.is_some(),
+        "upstream_connection_options",
+    )?;
+    unsupported_if(
+        c.transport_socket_matcher.is_some(),
+        "transport_socket_matcher",
+    )?;
     unsupported_if(c.queuing_policies.is_some(), "queuing_policies")?;
-    unsupported_if(c.upstream_http_protocol_options.is_some(), "upstream_http_protocol_options")?;
-    unsupported_if(c.common_http_protocol_options.is_some(), "common_http_protocol_options")?;
+    unsupported_if(
+        c.upstream_http_protocol_options.is_some(),
+        "upstream_http_protocol_options",
+    )?;
+    unsupported_if(
+        c.common_http_protocol_options.is_some(),
+        "common_http_protocol_options",
+    )?;
     unsupported_if(c.http_protocol_options.is_some(), "http_protocol_options")?;
     if let Some(ts) = &c.transport_socket {
         raw_buffer_only(ts, "transport_socket")?;
     }
     for (i, m) in c.transport_socket_matches.iter().enumerate() {
         if let Some(ts) = &m.transport_socket {
-            raw_buffer_only(ts, &format!("transport_socket_matches[{i}].transport_socket"))?;
+            raw_buffer_only(
+                ts,
+                &format!("transport_socket_matches[{i}].transport_socket"),
+            )?;
         }
     }
 
     let discovery = discovery(c)?;
-    let connect_timeout = opt_duration(&c.connect_timeout, "connect_timeout")?.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let connect_timeout =
+        opt_duration(&c.connect_timeout, "connect_timeout")?.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let (mut lb, mut locality_weighted) = lb_policy(c)?;
     let mut healthy_panic_threshold = 50.0;
     if let Some(common) = &c.common_lb_config {
         if let Some(p) = &common.healthy_panic_threshold {
             if !(0.0..=100.0).contains(&p.value) {
-                return Err(ConfigError::field("common_lb_config.healthy_panic_threshold", "must be within 0..=100"));
+                return Err(ConfigError::field(
+                    "common_lb_config.healthy_panic_threshold",
+                    "must be within 0..=100",
+                ));
             }
             healthy_panic_threshold = p.value;
         }
-        unsupported_if(common.ignore_new_hosts_until_first_hc, "common_lb_config.ignore_new_hosts_until_first_hc")?;
-        unsupported_if(common.override_host_status.is_some(), "common_lb_config.override_host_status")?;
+        unsupported_if(
+            common.ignore_new_hosts_until_first_hc,
+            "common_lb_config.ignore_new_hosts_until_first_hc",
+        )?;
+        unsupported_if(
+            common.override_host_status.is_some(),
+            "common_lb_config.override_host_status",
+        )?;
         if let Some(h) = &common.consistent_hashing_lb_config {
-            unsupported_if(h.hash_balance_factor.is_some(), "common_lb_config.consistent_hashing_lb_config.hash_balance_factor")?;
+            unsupported_if(
+                h.hash_balance_factor.is_some(),
+                "common_lb_config.consistent_hashing_lb_config.hash_balance_factor",
+            )?;
             match &mut lb {
                 LbPolicy::RingHash { use_hostname, .. } | LbPolicy::Maglev { use_hostname, .. } => {
                     *use_hostname = h.use_hostname_for_hashing;
@@ -215,16 +269,21 @@ fn convert(c: &cpb::Cluster) -> Result<Cluster> {
             }
         }
         match &common.locality_config_specifier {
-            Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_)) => {
+            Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                _,
+            )) => {
                 locality_weighted = true;
             }
             Some(cluster::common_lb_config::LocalityConfigSpecifier::ZoneAwareLbConfig(_)) => {
-                return Err(ConfigError::unsupported("common_lb_config.zone_aware_lb_config"));
+                return Err(ConfigError::unsupported(
+                    "common_lb_config.zone_aware_lb_config",
+                ));
             }
             None => {}
         }
     }
-    if matches!(discovery, Discovery::OriginalDst { .. }) != matches!(lb, LbPolicy::ClusterProvided) {
+    if matches!(discovery, Discovery::OriginalDst { .. }) != matches!(lb, LbPolicy::ClusterProvided)
+    {
         return Err(ConfigError::field(
             "lb_policy",
             "ORIGINAL_DST clusters need lb_policy CLUSTER_PROVIDED, and CLUSTER_PROVIDED needs type ORIGINAL_DST",
@@ -234,19 +293,33 @@ fn convert(c: &cpb::Cluster) -> Result<Cluster> {
     let load_assignment = match (&discovery, &c.load_assignment) {
         (Discovery::Eds { .. }, Some(_)) => {
             // Envoy ignores it for EDS; we say so rather than guess.
-            return Err(ConfigError::field("load_assignment", "must not be set on an EDS cluster"));
+            return Err(ConfigError::field(
+                "load_assignment",
+                "must not be set on an EDS cluster",
+            ));
         }
         (Discovery::OriginalDst { .. }, Some(_)) => {
-            return Err(ConfigError::field("load_assignment", "must not be set on an ORIGINAL_DST cluster"));
+            return Err(ConfigError::field(
+                "load_assignment",
+                "must not be set on an ORIGINAL_DST cluster",
+            ));
         }
         (_, Some(la)) => {
-            let la = ClusterLoadAssignment::try_from(la).map_err(|e| ConfigError { resource: String::new(), ..e }.at("load_assignment"))?;
+            let la = ClusterLoadAssignment::try_from(la).map_err(|e| {
+                ConfigError {
+                    resource: String::new(),
+                    ..e
+                }
+                .at("load_assignment")
+            })?;
             if matches!(discovery, Discovery::Static) {
                 for (i, l) in la.localities.iter().enumerate() {
                     for (j, e) in l.endpoints.iter().enumerate() {
                         if !matches!(e.address, super::address::HostPort::Ip(_)) {
                             return Err(ConfigError::field(
-                                format!("load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address"),
+                                format!(
+                                    "load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address"
+                                ),
                                 "STATIC clusters need IP addresses (use STRICT_DNS for names)",
                             ));
                         }
@@ -256,7 +329,10 @@ fn convert(c: &cpb::Cluster) -> Result<Cluster> {
             Some(la)
         }
         (Discovery::Static | Discovery::StrictDns { .. }, None) => {
-            return Err(ConfigError::field("load_assignment", "required for STATIC and STRICT_DNS clusters"));
+            return Err(ConfigError::field(
+                "load_assignment",
+                "required for STATIC and STRICT_DNS clusters",
+            ));
         }
         (_, None) => None,
     };
@@ -277,7 +353,11 @@ fn convert(c: &cpb::Cluster) -> Result<Cluster> {
 
     Ok(Cluster {
         name: c.name.clone(),
-        stat_name: if c.alt_stat_name.is_empty() { c.name.clone() } else { c.alt_stat_name.clone() },
+        stat_name: if c.alt_stat_name.is_empty() {
+            c.name.clone()
+        } else {
+            c.alt_stat_name.clone()
+        },
         discovery,
         connect_timeout,
         lb,
@@ -286,17 +366,27 @@ fn convert(c: &cpb::Cluster) -> Result<Cluster> {
         circuit_breakers,
         load_assignment,
         http,
-        per_connection_buffer_limit_bytes: c.per_connection_buffer_limit_bytes.map(|v| v.value).unwrap_or(1024 * 1024),
+        per_connection_buffer_limit_bytes: c
+            .per_connection_buffer_limit_bytes
+            .map(|v| v.value)
+            .unwrap_or(1024 * 1024),
     })
 }
 
 fn raw_buffer_only(ts: &TransportSocket, field: &str) -> Result<()> {
     match &ts.config_type {
-        Some(transport_socket::ConfigType::TypedConfig(any)) if any.type_url == RAW_BUFFER => Ok(()),
-        None if ts.name == "envoy.transport_sockets.raw_buffer" || ts.name == "raw_buffer" => Ok(()),
+        Some(transport_socket::ConfigType::TypedConfig(any)) if any.type_url == RAW_BUFFER => {
+            Ok(())
+        }
+        None if ts.name == "envoy.transport_sockets.raw_buffer" || ts.name == "raw_buffer" => {
+            Ok(())
+        }
         _ => Err(ConfigError::field(
             field,
-            format!("transport socket {:?} is not supported yet (only raw_buffer)", ts.name),
+            format!(
+                "transport socket {:?} is not supported yet (only raw_buffer)",
+                ts.name
+            ),
         )),
     }
 }
@@ -308,20 +398,33 @@ fn discovery(c: &cpb::Cluster) -> Result<Discovery> {
         Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t)
             .map_err(|_| ConfigError::field("type", format!("unknown discovery type {t}")))?,
         Some(ClusterDiscoveryType::ClusterType(ct)) => {
-            return Err(ConfigError::field("cluster_type", format!("custom cluster type {:?} is not supported", ct.name)));
+            return Err(ConfigError::field(
+                "cluster_type",
+                format!("custom cluster type {:?} is not supported", ct.name),
+            ));
         }
     };
     if t != DiscoveryType::Eds && c.eds_cluster_config.is_some() {
-        return Err(ConfigError::field("eds_cluster_config", "only valid with type EDS"));
+        return Err(ConfigError::field(
+            "eds_cluster_config",
+            "only valid with type EDS",
+        ));
     }
     Ok(match t {
         DiscoveryType::Static => Discovery::Static,
         DiscoveryType::StrictDns => {
-            let refresh_rate = opt_duration(&c.dns_refresh_rate, "dns_refresh_rate")?.unwrap_or(Duration::from_secs(5));
+            let refresh_rate = opt_duration(&c.dns_refresh_rate, "dns_refresh_rate")?
+                .unwrap_or(Duration::from_secs(5));
             if refresh_rate < Duration::from_millis(1) {
-                return Err(ConfigError::field("dns_refresh_rate", "must be at least 1ms"));
+                return Err(ConfigError::field(
+                    "dns_refresh_rate",
+                    "must be at least 1ms",
+                ));
             }
-            unsupported_if(c.dns_failure_refresh_rate.is_some(), "dns_failure_refresh_rate")?;
+            unsupported_if(
+                c.dns_failure_refresh_rate.is_some(),
+                "dns_failure_refresh_rate",
+            )?;
             unsupported_if(c.dns_jitter.is_some(), "dns_jitter")?;
             use cpb::cluster::DnsLookupFamily as F;
             let family = match F::try_from(c.dns_lookup_family) {
@@ -332,12 +435,29 @@ fn discovery(c: &cpb::Cluster) -> Result<Discovery> {
                 Ok(F::All) => DnsFamily::All,
                 Err(_) => return Err(ConfigError::field("dns_lookup_family", "unknown value")),
             };
-            Discovery::StrictDns { refresh_rate, respect_dns_ttl: c.respect_dns_ttl, family }
+            Discovery::StrictDns {
+                refresh_rate,
+                respect_dns_ttl: c.respect_dns_ttl,
+                family,
+            }
         }
-        DiscoveryType::LogicalDns => return Err(ConfigError::field("type", "LOGICAL_DNS is not supported (use STRICT_DNS)")),
+        DiscoveryType::LogicalDns => {
+            return Err(ConfigError::field(
+                "type",
+                "LOGICAL_DNS is not supported (use STRICT_DNS)",
+            ));
+        }
         DiscoveryType::Eds => {
-            let service_name = c.eds_cluster_config.as_ref().map(|e| e.service_name.clone()).unwrap_or_default();
-            if let Some(cs) = c.eds_cluster_config.as_ref().and_then(|e| e.eds_config.as_ref()) {
+            let service_name = c
+                .eds_cluster_config
+                .as_ref()
+                .map(|e| e.service_name.clone())
+                .unwrap_or_default();
+            if let Some(cs) = c
+                .eds_cluster_config
+                .as_ref()
+                .and_then(|e| e.eds_config.as_ref())
+            {
                 ads_source(cs, "eds_cluster_config.eds_config")?;
             }
             Discovery::Eds { service_name }
@@ -345,12 +465,18 @@ fn discovery(c: &cpb::Cluster) -> Result<Discovery> {
         DiscoveryType::OriginalDst => {
             let (use_http_header, http_header_name, upstream_port_override) = match &c.lb_config {
                 Some(cluster::LbConfig::OriginalDstLbConfig(o)) => {
-                    unsupported_if(o.metadata_key.is_some(), "original_dst_lb_config.metadata_key")?;
+                    unsupported_if(
+                        o.metadata_key.is_some(),
+                        "original_dst_lb_config.metadata_key",
+                    )?;
                     let port = o
                         .upstream_port_override
                         .map(|p| {
                             u16::try_from(p.value).map_err(|_| {
-                                ConfigError::field("original_dst_lb_config.upstream_port_override", "port out of range")
+                                ConfigError::field(
+                                    "original_dst_lb_config.upstream_port_override",
+                                    "port out of range",
+                                )
                             })
                         })
                         .transpose()?;
@@ -364,13 +490,20 @@ fn discovery(c: &cpb::Cluster) -> Result<Discovery> {
                 _ => (false, "x-envoy-original-dst-host".to_string(), None),
             };
             // cleanup_interval only bounds memory for idle hosts: descriptive.
-            Discovery::OriginalDst { use_http_header, http_header_name, upstream_port_override }
+            Discovery::OriginalDst {
+                use_http_header,
+                http_header_name,
+                upstream_port_override,
+            }
         }
     })
 }
 
 /// EDS must come over the ADS stream we run (or be unset, which Istio never does).
-pub(crate) fn ads_source(cs: &envoy_types::pb::envoy::config::core::v3::ConfigSource, field: &str) -> Result<()> {
+pub(crate) fn ads_source(
+    cs: &envoy_types::pb::envoy::config::core::v3::ConfigSource,
+    field: &str,
+) -> Result<()> {
     use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier as S;
     match &cs.config_source_specifier {
         Some(S::Ads(_)) | None => Ok(()),
@@ -386,22 +519,32 @@ fn lb_policy(c: &cpb::Cluster) -> Result<(LbPolicy, bool)> {
     if let Some(policy) = &c.load_balancing_policy {
         return typed_lb_policy(policy);
     }
-    let p = P::try_from(c.lb_policy).map_err(|_| ConfigError::field("lb_policy", format!("unknown value {}", c.lb_policy)))?;
+    let p = P::try_from(c.lb_policy)
+        .map_err(|_| ConfigError::field("lb_policy", format!("unknown value {}", c.lb_policy)))?;
     let cfg = c.lb_config.as_ref();
     let policy = match p {
         P::RoundRobin => {
             if let Some(cluster::LbConfig::RoundRobinLbConfig(rr)) = cfg {
-                unsupported_if(rr.slow_start_config.is_some(), "round_robin_lb_config.slow_start_config")?;
+                unsupported_if(
+                    rr.slow_start_config.is_some(),
+                    "round_robin_lb_config.slow_start_config",
+                )?;
             }
             LbPolicy::RoundRobin
         }
         P::LeastRequest => {
             let (mut choice_count, mut bias) = (2, 1.0);
             if let Some(cluster::LbConfig::LeastRequestLbConfig(lr)) = cfg {
-                unsupported_if(lr.slow_start_config.is_some(), "least_request_lb_config.slow_start_config")?;
+                unsupported_if(
+                    lr.slow_start_config.is_some(),
+                    "least_request_lb_config.slow_start_config",
+                )?;
                 if let Some(n) = lr.choice_count {
                     if n.value < 2 {
-                        return Err(ConfigError::field("least_request_lb_config.choice_count", "must be at least 2"));
+                        return Err(ConfigError::field(
+                            "least_request_lb_config.choice_count",
+                            "must be at least 2",
+                        ));
                     }
                     choice_count = n.value;
                 }
@@ -409,20 +552,30 @@ fn lb_policy(c: &cpb::Cluster) -> Result<(LbPolicy, bool)> {
                     bias = b.default_value;
                 }
             }
-            LbPolicy::LeastRequest { choice_count, active_request_bias: bias }
+            LbPolicy::LeastRequest {
+                choice_count,
+                active_request_bias: bias,
+            }
         }
         P::Random => LbPolicy::Random,
         P::RingHash => {
             let (mut min, mut max) = (DEFAULT_MIN_RING_SIZE, DEFAULT_MAX_RING_SIZE);
             if let Some(cluster::LbConfig::RingHashLbConfig(r)) = cfg {
                 if r.hash_function != 0 {
-                    return Err(ConfigError::field("ring_hash_lb_config.hash_function", "only XX_HASH is supported"));
+                    return Err(ConfigError::field(
+                        "ring_hash_lb_config.hash_function",
+                        "only XX_HASH is supported",
+                    ));
                 }
                 min = r.minimum_ring_size.map(|v| v.value).unwrap_or(min);
                 max = r.maximum_ring_size.map(|v| v.value).unwrap_or(max);
             }
             ring_sizes(min, max, "ring_hash_lb_config")?;
-            LbPolicy::RingHash { min_ring_size: min, max_ring_size: max, use_hostname: false }
+            LbPolicy::RingHash {
+                min_ring_size: min,
+                max_ring_size: max,
+                use_hostname: false,
+            }
         }
         P::Maglev => {
             let mut table_size = DEFAULT_MAGLEV_TABLE_SIZE;
@@ -430,11 +583,17 @@ fn lb_policy(c: &cpb::Cluster) -> Result<(LbPolicy, bool)> {
                 table_size = m.table_size.map(|v| v.value).unwrap_or(table_size);
             }
             maglev_size(table_size, "maglev_lb_config.table_size")?;
-            LbPolicy::Maglev { table_size, use_hostname: false }
+            LbPolicy::Maglev {
+                table_size,
+                use_hostname: false,
+            }
         }
         P::ClusterProvided => LbPolicy::ClusterProvided,
         P::LoadBalancingPolicyConfig => {
-            return Err(ConfigError::field("lb_policy", "LOAD_BALANCING_POLICY_CONFIG needs load_balancing_policy"));
+            return Err(ConfigError::field(
+                "lb_policy",
+                "LOAD_BALANCING_POLICY_CONFIG needs load_balancing_policy",
+            ));
         }
     };
     Ok((policy, false))
@@ -444,7 +603,9 @@ fn ring_sizes(min: u64, max: u64, field: &str) -> Result<()> {
     if min == 0 || min > max || max > DEFAULT_MAX_RING_SIZE {
         return Err(ConfigError::field(
             field,
-            format!("ring sizes must satisfy 0 < minimum_ring_size ({min}) <= maximum_ring_size ({max}) <= 8M"),
+            format!(
+                "ring sizes must satisfy 0 < minimum_ring_size ({min}) <= maximum_ring_size ({max}) <= 8M"
+            ),
         ));
     }
     Ok(())
@@ -452,19 +613,30 @@ fn ring_sizes(min: u64, max: u64, field: &str) -> Result<()> {
 
 fn maglev_size(size: u64, field: &str) -> Result<()> {
     // Envoy requires a prime table size (it makes the permutation a full cycle).
-    let prime = size >= 2 && (2..).take_while(|d| d * d <= size).all(|d| size % d != 0);
+    let prime = size >= 2
+        && (2..)
+            .take_while(|d| d * d <= size)
+            .all(|d| !size.is_multiple_of(d));
     if !prime || size > 5_000_011 {
-        return Err(ConfigError::field(field, format!("{size} must be a prime no larger than 5000011")));
+        return Err(ConfigError::field(
+            field,
+            format!("{size} must be a prime no larger than 5000011"),
+        ));
     }
     Ok(())
 }
 
 fn locality_lb(l: &Option<lb_common::LocalityLbConfig>, field: &str) -> Result<bool> {
     use lb_common::locality_lb_config::LocalityConfigSpecifier as S;
-    match l.as_ref().and_then(|l| l.locality_config_specifier.as_ref()) {
+    match l
+        .as_ref()
+        .and_then(|l| l.locality_config_specifier.as_ref())
+    {
         None => Ok(false),
         Some(S::LocalityWeightedLbConfig(_)) => Ok(true),
-        Some(S::ZoneAwareLbConfig(_)) => Err(ConfigError::unsupported(format!("{field}.zone_aware_lb_config"))),
+        Some(S::ZoneAwareLbConfig(_)) => Err(ConfigError::unsupported(format!(
+            "{field}.zone_aware_lb_config"
+        ))),
     }
 }
 
@@ -474,14 +646,21 @@ fn typed_lb_policy(p: &cpb::LoadBalancingPolicy) -> Result<(LbPolicy, bool)> {
     let mut names = Vec::new();
     for (i, policy) in p.policies.iter().enumerate() {
         let field = format!("load_balancing_policy.policies[{i}].typed_extension_config");
-        let Some(ext) = &policy.typed_extension_config else { continue };
-        let Some(any) = &ext.typed_config else { continue };
+        let Some(ext) = &policy.typed_extension_config else {
+            continue;
+        };
+        let Some(any) = &ext.typed_config else {
+            continue;
+        };
         if let Some(r) = typed_policy(any, &field)? {
             return Ok(r);
         }
         names.push(any.type_url.clone());
     }
-    Err(ConfigError::field("load_balancing_policy", format!("no supported policy among {names:?}")))
+    Err(ConfigError::field(
+        "load_balancing_policy",
+        format!("no supported policy among {names:?}"),
+    ))
 }
 
 fn typed_policy(any: &Any, field: &str) -> Result<Option<(LbPolicy, bool)>> {
@@ -489,20 +668,47 @@ fn typed_policy(any: &Any, field: &str) -> Result<Option<(LbPolicy, bool)>> {
     Ok(Some(match name {
         "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => {
             let rr: RoundRobin = decode_any(any, field)?;
-            unsupported_if(rr.slow_start_config.is_some(), &format!("{field}.slow_start_config"))?;
-            (LbPolicy::RoundRobin, locality_lb(&rr.locality_lb_config, field)?)
+            unsupported_if(
+                rr.slow_start_config.is_some(),
+                &format!("{field}.slow_start_config"),
+            )?;
+            (
+                LbPolicy::RoundRobin,
+                locality_lb(&rr.locality_lb_config, field)?,
+            )
         }
         "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest" => {
             let lr: LeastRequest = decode_any(any, field)?;
-            unsupported_if(lr.slow_start_config.is_some(), &format!("{field}.slow_start_config"))?;
-            unsupported_if(lr.enable_full_scan.is_some_and(|b| b.value), &format!("{field}.enable_full_scan"))?;
-            unsupported_if(lr.selection_method != 0, &format!("{field}.selection_method"))?;
+            unsupported_if(
+                lr.slow_start_config.is_some(),
+                &format!("{field}.slow_start_config"),
+            )?;
+            unsupported_if(
+                lr.enable_full_scan.is_some_and(|b| b.value),
+                &format!("{field}.enable_full_scan"),
+            )?;
+            unsupported_if(
+                lr.selection_method != 0,
+                &format!("{field}.selection_method"),
+            )?;
             let choice_count = lr.choice_count.map(|v| v.value).unwrap_or(2);
             if choice_count < 2 {
-                return Err(ConfigError::field(format!("{field}.choice_count"), "must be at least 2"));
+                return Err(ConfigError::field(
+                    format!("{field}.choice_count"),
+                    "must be at least 2",
+                ));
             }
-            let bias = lr.active_request_bias.map(|b| b.default_value).unwrap_or(1.0);
-            (LbPolicy::LeastRequest { choice_count, active_request_bias: bias }, locality_lb(&lr.locality_lb_config, field)?)
+            let bias = lr
+                .active_request_bias
+                .map(|b| b.default_value)
+                .unwrap_or(1.0);
+            (
+                LbPolicy::LeastRequest {
+                    choice_count,
+                    active_request_bias: bias,
+                },
+                locality_lb(&lr.locality_lb_config, field)?,
+            )
         }
         "envoy.extensions.load_balancing_policies.random.v3.Random" => {
             let r: Random = decode_any(any, field)?;
@@ -511,55 +717,105 @@ fn typed_policy(any: &Any, field: &str) -> Result<Option<(LbPolicy, bool)>> {
         "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash" => {
             let r: RingHash = decode_any(any, field)?;
             if r.hash_function != 0 {
-                return Err(ConfigError::field(format!("{field}.hash_function"), "only XX_HASH is supported"));
+                return Err(ConfigError::field(
+                    format!("{field}.hash_function"),
+                    "only XX_HASH is supported",
+                ));
             }
-            unsupported_if(r.hash_balance_factor.is_some(), &format!("{field}.hash_balance_factor"))?;
-            let min = r.minimum_ring_size.map(|v| v.value).unwrap_or(DEFAULT_MIN_RING_SIZE);
-            let max = r.maximum_ring_size.map(|v| v.value).unwrap_or(DEFAULT_MAX_RING_SIZE);
+            unsupported_if(
+                r.hash_balance_factor.is_some(),
+                &format!("{field}.hash_balance_factor"),
+            )?;
+            let min = r
+                .minimum_ring_size
+                .map(|v| v.value)
+                .unwrap_or(DEFAULT_MIN_RING_SIZE);
+            let max = r
+                .maximum_ring_size
+                .map(|v| v.value)
+                .unwrap_or(DEFAULT_MAX_RING_SIZE);
             ring_sizes(min, max, field)?;
             let chc = r.consistent_hashing_lb_config.as_ref();
-            unsupported_if(chc.is_some_and(|c| c.hash_balance_factor.is_some()), &format!("{field}.consistent_hashing_lb_config.hash_balance_factor"))?;
-            let use_hostname = r.use_hostname_for_hashing || chc.is_some_and(|c| c.use_hostname_for_hashing);
+            unsupported_if(
+                chc.is_some_and(|c| c.hash_balance_factor.is_some()),
+                &format!("{field}.consistent_hashing_lb_config.hash_balance_factor"),
+            )?;
+            let use_hostname =
+                r.use_hostname_for_hashing || chc.is_some_and(|c| c.use_hostname_for_hashing);
             (
-                LbPolicy::RingHash { min_ring_size: min, max_ring_size: max, use_hostname },
+                LbPolicy::RingHash {
+                    min_ring_size: min,
+                    max_ring_size: max,
+                    use_hostname,
+                },
                 r.locality_weighted_lb_config.is_some(),
             )
         }
         "envoy.extensions.load_balancing_policies.maglev.v3.Maglev" => {
             let m: Maglev = decode_any(any, field)?;
-            let table_size = m.table_size.map(|v| v.value).unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
+            let table_size = m
+                .table_size
+                .map(|v| v.value)
+                .unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
             maglev_size(table_size, &format!("{field}.table_size"))?;
             let chc = m.consistent_hashing_lb_config.as_ref();
-            unsupported_if(chc.is_some_and(|c| c.hash_balance_factor.is_some()), &format!("{field}.consistent_hashing_lb_config.hash_balance_factor"))?;
+            unsupported_if(
+                chc.is_some_and(|c| c.hash_balance_factor.is_some()),
+                &format!("{field}.consistent_hashing_lb_config.hash_balance_factor"),
+            )?;
             (
-                LbPolicy::Maglev { table_size, use_hostname: chc.is_some_and(|c| c.use_hostname_for_hashing) },
+                LbPolicy::Maglev {
+                    table_size,
+                    use_hostname: chc.is_some_and(|c| c.use_hostname_for_hashing),
+                },
                 m.locality_weighted_lb_config.is_some(),
             )
         }
-        "envoy.extensions.load_balancing_policies.cluster_provided.v3.ClusterProvided" => (LbPolicy::ClusterProvided, false),
+        "envoy.extensions.load_balancing_policies.cluster_provided.v3.ClusterProvided" => {
+            (LbPolicy::ClusterProvided, false)
+        }
         _ => return Ok(None),
     }))
 }
 
 fn circuit_breakers(c: &cpb::Cluster) -> Result<CircuitBreakerThresholds> {
     let mut out = CircuitBreakerThresholds::default();
-    let Some(cb) = &c.circuit_breakers else { return Ok(out) };
-    unsupported_if(!cb.per_host_thresholds.is_empty(), "circuit_breakers.per_host_thresholds")?;
+    let Some(cb) = &c.circuit_breakers else {
+        return Ok(out);
+    };
+    unsupported_if(
+        !cb.per_host_thresholds.is_empty(),
+        "circuit_breakers.per_host_thresholds",
+    )?;
     for (i, t) in cb.thresholds.iter().enumerate() {
         let field = format!("circuit_breakers.thresholds[{i}]");
         unsupported_if(t.retry_budget.is_some(), &format!("{field}.retry_budget"))?;
-        unsupported_if(t.max_connection_pools.is_some(), &format!("{field}.max_connection_pools"))?;
+        unsupported_if(
+            t.max_connection_pools.is_some(),
+            &format!("{field}.max_connection_pools"),
+        )?;
         let d = Thresholds::default();
         let th = Thresholds {
-            max_connections: t.max_connections.map(|v| v.value).unwrap_or(d.max_connections),
-            max_pending_requests: t.max_pending_requests.map(|v| v.value).unwrap_or(d.max_pending_requests),
+            max_connections: t
+                .max_connections
+                .map(|v| v.value)
+                .unwrap_or(d.max_connections),
+            max_pending_requests: t
+                .max_pending_requests
+                .map(|v| v.value)
+                .unwrap_or(d.max_pending_requests),
             max_requests: t.max_requests.map(|v| v.value).unwrap_or(d.max_requests),
             max_retries: t.max_retries.map(|v| v.value).unwrap_or(d.max_retries),
         };
         match RoutingPriority::try_from(t.priority) {
             Ok(RoutingPriority::Default) => out.default = th,
             Ok(RoutingPriority::High) => out.high = th,
-            Err(_) => return Err(ConfigError::field(format!("{field}.priority"), "unknown priority")),
+            Err(_) => {
+                return Err(ConfigError::field(
+                    format!("{field}.priority"),
+                    "unknown priority",
+                ));
+            }
         }
     }
     Ok(out)
@@ -567,24 +823,46 @@ fn circuit_breakers(c: &cpb::Cluster) -> Result<CircuitBreakerThresholds> {
 
 fn upstream_http(any: &Any) -> Result<UpstreamHttpOptions> {
     let o: HttpProtocolOptions = decode_any(any, "")?;
-    unsupported_if(o.upstream_http_protocol_options.is_some(), "upstream_http_protocol_options")?;
+    unsupported_if(
+        o.upstream_http_protocol_options.is_some(),
+        "upstream_http_protocol_options",
+    )?;
     unsupported_if(!o.http_filters.is_empty(), "http_filters")?;
-    unsupported_if(o.header_validation_config.is_some(), "header_validation_config")?;
+    unsupported_if(
+        o.header_validation_config.is_some(),
+        "header_validation_config",
+    )?;
     unsupported_if(o.outlier_detection.is_some(), "outlier_detection")?;
-    unsupported_if(!o.request_mirror_policies.is_empty(), "request_mirror_policies")?;
+    unsupported_if(
+        !o.request_mirror_policies.is_empty(),
+        "request_mirror_policies",
+    )?;
     unsupported_if(!o.hash_policy.is_empty(), "hash_policy")?;
     unsupported_if(o.retry_policy.is_some(), "retry_policy")?;
     let mut out = UpstreamHttpOptions::default();
     if let Some(common) = &o.common_http_protocol_options {
-        out.idle_timeout = opt_duration(&common.idle_timeout, "common_http_protocol_options.idle_timeout")?;
-        out.max_connection_duration =
-            opt_duration(&common.max_connection_duration, "common_http_protocol_options.max_connection_duration")?;
+        out.idle_timeout = opt_duration(
+            &common.idle_timeout,
+            "common_http_protocol_options.idle_timeout",
+        )?;
+        out.max_connection_duration = opt_duration(
+            &common.max_connection_duration,
+            "common_http_protocol_options.max_connection_duration",
+        )?;
         out.max_requests_per_connection = common.max_requests_per_connection.map(|v| v.value);
         out.max_headers_count = common.max_headers_count.map(|v| v.value);
-        unsupported_if(common.max_stream_duration.is_some(), "common_http_protocol_options.max_stream_duration")?;
-        unsupported_if(common.max_response_headers_kb.is_some(), "common_http_protocol_options.max_response_headers_kb")?;
+        unsupported_if(
+            common.max_stream_duration.is_some(),
+            "common_http_protocol_options.max_stream_duration",
+        )?;
+        unsupported_if(
+            common.max_response_headers_kb.is_some(),
+            "common_http_protocol_options.max_response_headers_kb",
+        )?;
     }
-    use http_protocol_options::{UpstreamProtocolOptions as U, explicit_http_config::ProtocolConfig as P};
+    use http_protocol_options::{
+        UpstreamProtocolOptions as U, explicit_http_config::ProtocolConfig as P,
+    };
     match &o.upstream_protocol_options {
         None => {}
         Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
@@ -594,18 +872,30 @@ fn upstream_http(any: &Any) -> Result<UpstreamHttpOptions> {
                 h2_options(&mut out, h2, "explicit_http_config.http2_protocol_options")?;
             }
             Some(P::Http3ProtocolOptions(_)) => {
-                return Err(ConfigError::unsupported("explicit_http_config.http3_protocol_options"));
+                return Err(ConfigError::unsupported(
+                    "explicit_http_config.http3_protocol_options",
+                ));
             }
         },
         Some(U::UseDownstreamProtocolConfig(d)) => {
             out.protocol = UpstreamProtocol::UseDownstream;
-            unsupported_if(d.http3_protocol_options.is_some(), "use_downstream_protocol_config.http3_protocol_options")?;
+            unsupported_if(
+                d.http3_protocol_options.is_some(),
+                "use_downstream_protocol_config.http3_protocol_options",
+            )?;
             if let Some(h2) = &d.http2_protocol_options {
-                h2_options(&mut out, h2, "use_downstream_protocol_config.http2_protocol_options")?;
+                h2_options(
+                    &mut out,
+                    h2,
+                    "use_downstream_protocol_config.http2_protocol_options",
+                )?;
             }
         }
         Some(U::AutoConfig(_)) => {
-            return Err(ConfigError::field("auto_config", "ALPN-based upstream protocol selection needs upstream TLS, not supported yet"));
+            return Err(ConfigError::field(
+                "auto_config",
+                "ALPN-based upstream protocol selection needs upstream TLS, not supported yet",
+            ));
         }
     }
     Ok(out)

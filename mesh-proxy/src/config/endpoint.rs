@@ -72,14 +72,19 @@ impl HealthStatus {
         match PbHealth::try_from(v) {
             Ok(PbHealth::Unknown | PbHealth::Healthy) | Err(_) => HealthStatus::Healthy,
             Ok(PbHealth::Degraded) => HealthStatus::Degraded,
-            Ok(PbHealth::Unhealthy | PbHealth::Draining | PbHealth::Timeout) => HealthStatus::Unhealthy,
+            Ok(PbHealth::Unhealthy | PbHealth::Draining | PbHealth::Timeout) => {
+                HealthStatus::Unhealthy
+            }
         }
     }
 }
 
 pub(crate) fn tls_mode(metadata: &Option<Metadata>) -> Option<String> {
     use envoy_types::pb::google::protobuf::value::Kind;
-    let m = metadata.as_ref()?.filter_metadata.get("envoy.transport_socket_match")?;
+    let m = metadata
+        .as_ref()?
+        .filter_metadata
+        .get("envoy.transport_socket_match")?;
     match m.fields.get("tlsMode")?.kind.as_ref()? {
         Kind::StringValue(s) => Some(s.clone()),
         _ => None,
@@ -106,7 +111,10 @@ fn convert(cla: &epb::ClusterLoadAssignment) -> Result<ClusterLoadAssignment> {
         }
         if let Some(f) = p.overprovisioning_factor {
             if f.value == 0 {
-                return Err(ConfigError::field("policy.overprovisioning_factor", "must be greater than 0"));
+                return Err(ConfigError::field(
+                    "policy.overprovisioning_factor",
+                    "must be greater than 0",
+                ));
             }
             overprovisioning_factor = f.value;
         }
@@ -131,7 +139,9 @@ fn convert(cla: &epb::ClusterLoadAssignment) -> Result<ClusterLoadAssignment> {
 fn locality(l: &epb::LocalityLbEndpoints) -> Result<LocalityEndpoints> {
     if l.lb_config.is_some() {
         // leds_cluster_locality_config (LEDS) or an explicit list in the oneof.
-        if let Some(epb::locality_lb_endpoints::LbConfig::LedsClusterLocalityConfig(_)) = &l.lb_config {
+        if let Some(epb::locality_lb_endpoints::LbConfig::LedsClusterLocalityConfig(_)) =
+            &l.lb_config
+        {
             return Err(ConfigError::unsupported("leds_cluster_locality_config"));
         }
     }
@@ -140,7 +150,10 @@ fn locality(l: &epb::LocalityLbEndpoints) -> Result<LocalityEndpoints> {
     }
     let weight = match l.load_balancing_weight {
         Some(w) if w.value == 0 => {
-            return Err(ConfigError::field("load_balancing_weight", "must be at least 1"));
+            return Err(ConfigError::field(
+                "load_balancing_weight",
+                "must be at least 1",
+            ));
         }
         w => w.map(|w| w.value),
     };
@@ -155,9 +168,18 @@ fn locality(l: &epb::LocalityLbEndpoints) -> Result<LocalityEndpoints> {
     let locality = l
         .locality
         .as_ref()
-        .map(|l| Locality { region: l.region.clone(), zone: l.zone.clone(), sub_zone: l.sub_zone.clone() })
+        .map(|l| Locality {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+            sub_zone: l.sub_zone.clone(),
+        })
         .unwrap_or_default();
-    Ok(LocalityEndpoints { locality, weight, priority: l.priority, endpoints })
+    Ok(LocalityEndpoints {
+        locality,
+        weight,
+        priority: l.priority,
+        endpoints,
+    })
 }
 
 fn endpoint(e: &epb::LbEndpoint) -> Result<Endpoint> {
@@ -174,12 +196,17 @@ fn endpoint(e: &epb::LbEndpoint) -> Result<Endpoint> {
     // health_check_config only matters to active health checking, which we reject on
     // the cluster; it is descriptive here.
     let address = host_port(
-        ep.address.as_ref().ok_or_else(|| ConfigError::field("endpoint.address", "address is required"))?,
+        ep.address
+            .as_ref()
+            .ok_or_else(|| ConfigError::field("endpoint.address", "address is required"))?,
         "endpoint.address",
     )?;
     let weight = match e.load_balancing_weight {
         Some(w) if w.value == 0 => {
-            return Err(ConfigError::field("load_balancing_weight", "must be at least 1"));
+            return Err(ConfigError::field(
+                "load_balancing_weight",
+                "must be at least 1",
+            ));
         }
         Some(w) => w.value,
         None => 1,
@@ -196,7 +223,9 @@ fn endpoint(e: &epb::LbEndpoint) -> Result<Endpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, SocketAddress, address, socket_address,
+    };
     use envoy_types::pb::google::protobuf::UInt32Value;
 
     fn lb_endpoint(ip: &str, port: u32, weight: Option<u32>) -> epb::LbEndpoint {
@@ -223,7 +252,10 @@ mod tests {
             endpoints: vec![epb::LocalityLbEndpoints {
                 priority: 1,
                 load_balancing_weight: Some(UInt32Value { value: 3 }),
-                lb_endpoints: vec![lb_endpoint("10.250.0.1", 80, None), lb_endpoint("10.250.0.2", 80, Some(5))],
+                lb_endpoints: vec![
+                    lb_endpoint("10.250.0.1", 80, None),
+                    lb_endpoint("10.250.0.2", 80, Some(5)),
+                ],
                 ..Default::default()
             }],
             ..Default::default()
@@ -248,6 +280,9 @@ mod tests {
         };
         let e = ClusterLoadAssignment::try_from(&cla).unwrap_err();
         assert_eq!(e.resource, "c");
-        assert_eq!(e.field, "endpoints[0].lb_endpoints[0].load_balancing_weight");
+        assert_eq!(
+            e.field,
+            "endpoints[0].lb_endpoints[0].load_balancing_weight"
+        );
     }
 }

@@ -7,7 +7,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use envoy_types::pb::{
     envoy::config::{
         core::v3::{TrafficDirection as PbDirection, TransportSocket, transport_socket},
-        listener::v3::{self as lpb, filter, filter_chain_match::ConnectionSourceType, listener_filter},
+        listener::v3::{
+            self as lpb, filter, filter_chain_match::ConnectionSourceType, listener_filter,
+        },
     },
     google::protobuf::Any,
 };
@@ -24,12 +26,15 @@ use crate::{
     listener::filter_chain::{ChainMatch, FilterChainMatcher, SourceType},
 };
 
-const HCM_TYPE_URL: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-const TLS_INSPECTOR: &str = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
-const HTTP_INSPECTOR: &str = "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
-const ORIGINAL_DST: &str = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
-const RAW_BUFFER: &str = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+const HCM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TLS_INSPECTOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const HTTP_INSPECTOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
+const ORIGINAL_DST: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+const RAW_BUFFER: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
 /// Envoy's default `listener_filters_timeout`.
 pub const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
@@ -107,12 +112,19 @@ impl TryFrom<&lpb::Listener> for Listener {
     type Error = ConfigError;
 
     fn try_from(l: &lpb::Listener) -> Result<Self> {
-        convert(l).map_err(|e| ConfigError { resource: l.name.clone(), ..e })
+        convert(l).map_err(|e| ConfigError {
+            resource: l.name.clone(),
+            ..e
+        })
     }
 }
 
 fn unsupported_if(cond: bool, field: &str) -> Result<()> {
-    if cond { Err(ConfigError::unsupported(field)) } else { Ok(()) }
+    if cond {
+        Err(ConfigError::unsupported(field))
+    } else {
+        Ok(())
+    }
 }
 
 fn convert(l: &lpb::Listener) -> Result<Listener> {
@@ -127,7 +139,10 @@ fn convert(l: &lpb::Listener) -> Result<Listener> {
     unsupported_if(l.transparent.is_some_and(|b| b.value), "transparent")?;
     unsupported_if(l.freebind.is_some_and(|b| b.value), "freebind")?;
     unsupported_if(!l.socket_options.is_empty(), "socket_options")?;
-    unsupported_if(l.tcp_fast_open_queue_length.is_some(), "tcp_fast_open_queue_length")?;
+    unsupported_if(
+        l.tcp_fast_open_queue_length.is_some(),
+        "tcp_fast_open_queue_length",
+    )?;
     unsupported_if(l.enable_mptcp, "enable_mptcp")?;
     unsupported_if(l.tcp_keepalive.is_some(), "tcp_keepalive")?;
     // Descriptive or meaningless for a work-stealing runtime: stat_prefix, metadata,
@@ -136,43 +151,64 @@ fn convert(l: &lpb::Listener) -> Result<Listener> {
     // bypass_overload_manager, per_connection_buffer_high_watermark_timeout.
 
     let address = socket_addr(
-        l.address.as_ref().ok_or_else(|| ConfigError::field("address", "address is required"))?,
+        l.address
+            .as_ref()
+            .ok_or_else(|| ConfigError::field("address", "address is required"))?,
         "address",
     )?;
     let mut additional_addresses = Vec::with_capacity(l.additional_addresses.len());
     for (i, a) in l.additional_addresses.iter().enumerate() {
         let field = format!("additional_addresses[{i}]");
-        unsupported_if(a.socket_options.is_some(), &format!("{field}.socket_options"))?;
-        let addr = a.address.as_ref().ok_or_else(|| ConfigError::field(format!("{field}.address"), "address is required"))?;
+        unsupported_if(
+            a.socket_options.is_some(),
+            &format!("{field}.socket_options"),
+        )?;
+        let addr = a
+            .address
+            .as_ref()
+            .ok_or_else(|| ConfigError::field(format!("{field}.address"), "address is required"))?;
         additional_addresses.push(socket_addr(addr, &format!("{field}.address"))?);
     }
 
     let listener_filters = listener_filters(l)?;
-    let listener_filters_timeout = match opt_duration(&l.listener_filters_timeout, "listener_filters_timeout")? {
-        None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
-        Some(d) if d.is_zero() => None,
-        Some(d) => Some(d),
-    };
+    let listener_filters_timeout =
+        match opt_duration(&l.listener_filters_timeout, "listener_filters_timeout")? {
+            None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+        };
 
     let mut rds_names = Vec::new();
     let mut filter_chains = Vec::with_capacity(l.filter_chains.len());
     for (i, fc) in l.filter_chains.iter().enumerate() {
-        let chain = filter_chain(fc, &mut rds_names).map_err(|e| e.at(format!("filter_chains[{i}]")))?;
+        let chain =
+            filter_chain(fc, &mut rds_names).map_err(|e| e.at(format!("filter_chains[{i}]")))?;
         filter_chains.push(Arc::new(chain));
     }
     let default_filter_chain = match &l.default_filter_chain {
         Some(fc) => {
             if fc.filter_chain_match.is_some() {
-                return Err(ConfigError::field("default_filter_chain.filter_chain_match", "must not be set on the default chain"));
+                return Err(ConfigError::field(
+                    "default_filter_chain.filter_chain_match",
+                    "must not be set on the default chain",
+                ));
             }
-            Some(Arc::new(filter_chain(fc, &mut rds_names).map_err(|e| e.at("default_filter_chain"))?))
+            Some(Arc::new(
+                filter_chain(fc, &mut rds_names).map_err(|e| e.at("default_filter_chain"))?,
+            ))
         }
         None => None,
     };
     if filter_chains.is_empty() && default_filter_chain.is_none() {
-        return Err(ConfigError::field("filter_chains", "a listener needs at least one filter chain or a default_filter_chain"));
+        return Err(ConfigError::field(
+            "filter_chains",
+            "a listener needs at least one filter chain or a default_filter_chain",
+        ));
     }
-    let matches: Vec<ChainMatch> = filter_chains.iter().map(|c| c.filter_chain_match.clone()).collect();
+    let matches: Vec<ChainMatch> = filter_chains
+        .iter()
+        .map(|c| c.filter_chain_match.clone())
+        .collect();
     let matcher = FilterChainMatcher::new(&matches).map_err(|d| {
         ConfigError::field(
             format!("filter_chains[{}].filter_chain_match", d.second),
@@ -183,7 +219,9 @@ fn convert(l: &lpb::Listener) -> Result<Listener> {
     // chain could never match, so say so instead of silently black-holing.
     for (i, c) in filter_chains.iter().enumerate() {
         let m = &c.filter_chain_match;
-        if !listener_filters.tls_inspector && (!m.server_names.is_empty() || m.transport_protocol == "tls") {
+        if !listener_filters.tls_inspector
+            && (!m.server_names.is_empty() || m.transport_protocol == "tls")
+        {
             return Err(ConfigError::field(
                 format!("filter_chains[{i}].filter_chain_match"),
                 "matches on server_names or transport_protocol \"tls\" need the tls_inspector listener filter",
@@ -198,7 +236,9 @@ fn convert(l: &lpb::Listener) -> Result<Listener> {
     };
     let mut access_log = Vec::with_capacity(l.access_log.len());
     for (i, a) in l.access_log.iter().enumerate() {
-        access_log.push(Arc::new(AccessLogConfig::try_from_proto(a).map_err(|e| e.at(format!("access_log[{i}]")))?));
+        access_log.push(Arc::new(
+            AccessLogConfig::try_from_proto(a).map_err(|e| e.at(format!("access_log[{i}]")))?,
+        ));
     }
     rds_names.sort();
     rds_names.dedup();
@@ -217,7 +257,10 @@ fn convert(l: &lpb::Listener) -> Result<Listener> {
         traffic_direction,
         modify_only_drain: l.drain_type == lpb::listener::DrainType::ModifyOnly as i32,
         tcp_backlog: l.tcp_backlog_size.map(|v| v.value),
-        per_connection_buffer_limit_bytes: l.per_connection_buffer_limit_bytes.map(|v| v.value).unwrap_or(1024 * 1024),
+        per_connection_buffer_limit_bytes: l
+            .per_connection_buffer_limit_bytes
+            .map(|v| v.value)
+            .unwrap_or(1024 * 1024),
         access_log,
         rds_names,
         stat_name: stat_name(address),
@@ -233,23 +276,31 @@ fn listener_filters(l: &lpb::Listener) -> Result<ListenerFilters> {
     let mut out = ListenerFilters::default();
     for (i, f) in l.listener_filters.iter().enumerate() {
         let field = format!("listener_filters[{i}]");
-        unsupported_if(f.filter_disabled.is_some(), &format!("{field}.filter_disabled"))?;
+        unsupported_if(
+            f.filter_disabled.is_some(),
+            &format!("{field}.filter_disabled"),
+        )?;
         let type_url = match &f.config_type {
             Some(listener_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
             Some(listener_filter::ConfigType::ConfigDiscovery(_)) => {
-                return Err(ConfigError::unsupported(format!("{field}.config_discovery")));
+                return Err(ConfigError::unsupported(format!(
+                    "{field}.config_discovery"
+                )));
             }
             None => "",
         };
         // Envoy still accepts well-known names without a typed config.
         match (type_url, f.name.as_str()) {
-            (TLS_INSPECTOR, _) | ("", "envoy.filters.listener.tls_inspector" | "envoy.listener.tls_inspector") => {
+            (TLS_INSPECTOR, _)
+            | ("", "envoy.filters.listener.tls_inspector" | "envoy.listener.tls_inspector") => {
                 out.tls_inspector = true;
             }
-            (HTTP_INSPECTOR, _) | ("", "envoy.filters.listener.http_inspector" | "envoy.listener.http_inspector") => {
+            (HTTP_INSPECTOR, _)
+            | ("", "envoy.filters.listener.http_inspector" | "envoy.listener.http_inspector") => {
                 out.http_inspector = true;
             }
-            (ORIGINAL_DST, _) | ("", "envoy.filters.listener.original_dst" | "envoy.listener.original_dst") => {
+            (ORIGINAL_DST, _)
+            | ("", "envoy.filters.listener.original_dst" | "envoy.listener.original_dst") => {
                 out.original_dst = true;
             }
             _ => {
@@ -265,7 +316,10 @@ fn listener_filters(l: &lpb::Listener) -> Result<ListenerFilters> {
 
 fn filter_chain(fc: &lpb::FilterChain, rds_names: &mut Vec<Arc<str>>) -> Result<FilterChain> {
     #[allow(deprecated)]
-    unsupported_if(fc.use_proxy_proto.is_some_and(|b| b.value), "use_proxy_proto")?;
+    unsupported_if(
+        fc.use_proxy_proto.is_some_and(|b| b.value),
+        "use_proxy_proto",
+    )?;
     if let Some(ts) = &fc.transport_socket {
         transport_socket(ts)?;
     }
@@ -274,18 +328,29 @@ fn filter_chain(fc: &lpb::FilterChain, rds_names: &mut Vec<Arc<str>>) -> Result<
         None => ChainMatch::default(),
     };
     let Some((last, rest)) = fc.filters.split_last() else {
-        return Err(ConfigError::field("filters", "a filter chain needs a terminal filter (tcp_proxy or http_connection_manager)"));
+        return Err(ConfigError::field(
+            "filters",
+            "a filter chain needs a terminal filter (tcp_proxy or http_connection_manager)",
+        ));
     };
     if let Some((i, f)) = rest.iter().enumerate().next() {
         // No non-terminal network filters are implemented yet (network RBAC comes later).
         return Err(ConfigError::field(
             format!("filters[{i}]"),
-            format!("network filter {:?} ({}) is not supported", f.name, type_url_of(f)),
+            format!(
+                "network filter {:?} ({}) is not supported",
+                f.name,
+                type_url_of(f)
+            ),
         ));
     }
     let idx = fc.filters.len() - 1;
     let terminal = terminal(last, rds_names).map_err(|e| e.at(format!("filters[{idx}]")))?;
-    Ok(FilterChain { name: fc.name.as_str().into(), filter_chain_match, terminal })
+    Ok(FilterChain {
+        name: fc.name.as_str().into(),
+        filter_chain_match,
+        terminal,
+    })
 }
 
 fn type_url_of(f: &lpb::Filter) -> &str {
@@ -298,15 +363,26 @@ fn type_url_of(f: &lpb::Filter) -> &str {
 fn terminal(f: &lpb::Filter, rds_names: &mut Vec<Arc<str>>) -> Result<Terminal> {
     let any: &Any = match &f.config_type {
         Some(filter::ConfigType::TypedConfig(any)) => any,
-        Some(filter::ConfigType::ConfigDiscovery(_)) => return Err(ConfigError::unsupported("config_discovery")),
-        None => return Err(ConfigError::field("typed_config", format!("filter {:?} has no typed_config", f.name))),
+        Some(filter::ConfigType::ConfigDiscovery(_)) => {
+            return Err(ConfigError::unsupported("config_discovery"));
+        }
+        None => {
+            return Err(ConfigError::field(
+                "typed_config",
+                format!("filter {:?} has no typed_config", f.name),
+            ));
+        }
     };
     match any.type_url.as_str() {
         TCP_PROXY_TYPE_URL => Ok(Terminal::TcpProxy(Arc::new(TcpProxy::from_any(any)?))),
         HCM_TYPE_URL => {
             let hcm = HttpConnectionManager::from_any(any).map_err(|e| {
                 // The HCM's errors carry its own field path; it sits under typed_config.
-                ConfigError { resource: String::new(), ..e }.at("typed_config")
+                ConfigError {
+                    resource: String::new(),
+                    ..e
+                }
+                .at("typed_config")
             })?;
             if let RouteSource::Rds(name) = &hcm.routes {
                 rds_names.push(name.clone());
@@ -315,18 +391,26 @@ fn terminal(f: &lpb::Filter, rds_names: &mut Vec<Arc<str>>) -> Result<Terminal> 
         }
         other => Err(ConfigError::field(
             "typed_config",
-            format!("network filter {:?} ({other}) is not supported as a terminal filter", f.name),
+            format!(
+                "network filter {:?} ({other}) is not supported as a terminal filter",
+                f.name
+            ),
         )),
     }
 }
 
 fn transport_socket(ts: &TransportSocket) -> Result<()> {
     match &ts.config_type {
-        Some(transport_socket::ConfigType::TypedConfig(any)) if any.type_url == RAW_BUFFER => Ok(()),
+        Some(transport_socket::ConfigType::TypedConfig(any)) if any.type_url == RAW_BUFFER => {
+            Ok(())
+        }
         None if ts.name.ends_with("raw_buffer") => Ok(()),
         _ => Err(ConfigError::field(
             "transport_socket",
-            format!("transport socket {:?} is not supported yet (only raw_buffer; TLS termination comes later)", ts.name),
+            format!(
+                "transport socket {:?} is not supported yet (only raw_buffer; TLS termination comes later)",
+                ts.name
+            ),
         )),
     }
 }
@@ -340,12 +424,22 @@ fn chain_match(m: &lpb::FilterChainMatch) -> Result<ChainMatch> {
             u16::try_from(p.value)
                 .ok()
                 .filter(|p| *p > 0)
-                .ok_or_else(|| ConfigError::field("destination_port", format!("{} is not a valid port", p.value)))
+                .ok_or_else(|| {
+                    ConfigError::field(
+                        "destination_port",
+                        format!("{} is not a valid port", p.value),
+                    )
+                })
         })
         .transpose()?;
-    let ranges = |v: &[envoy_types::pb::envoy::config::core::v3::CidrRange], field: &str| -> Result<Vec<ipnet::IpNet>> {
-        let mut out: Vec<ipnet::IpNet> =
-            v.iter().enumerate().map(|(i, c)| cidr(c, &format!("{field}[{i}]"))).collect::<Result<_>>()?;
+    let ranges = |v: &[envoy_types::pb::envoy::config::core::v3::CidrRange],
+                  field: &str|
+     -> Result<Vec<ipnet::IpNet>> {
+        let mut out: Vec<ipnet::IpNet> = v
+            .iter()
+            .enumerate()
+            .map(|(i, c)| cidr(c, &format!("{field}[{i}]")))
+            .collect::<Result<_>>()?;
         out.sort();
         out.dedup();
         Ok(out)
@@ -359,15 +453,26 @@ fn chain_match(m: &lpb::FilterChainMatch) -> Result<ChainMatch> {
     let mut source_ports = Vec::with_capacity(m.source_ports.len());
     for p in &m.source_ports {
         source_ports.push(
-            u16::try_from(*p).map_err(|_| ConfigError::field("source_ports", format!("{p} is not a valid port")))?,
+            u16::try_from(*p).map_err(|_| {
+                ConfigError::field("source_ports", format!("{p} is not a valid port"))
+            })?,
         );
     }
     source_ports.sort();
     source_ports.dedup();
-    let mut server_names: Vec<String> = m.server_names.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let mut server_names: Vec<String> = m
+        .server_names
+        .iter()
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
     for s in &server_names {
-        if s.is_empty() || (s.contains('*') && !(s.starts_with("*.") && s[1..].matches('*').count() == 0)) {
-            return Err(ConfigError::field("server_names", format!("{s:?}: only leading \"*.\" wildcards are supported")));
+        if s.is_empty()
+            || (s.contains('*') && !(s.starts_with("*.") && s[1..].matches('*').count() == 0))
+        {
+            return Err(ConfigError::field(
+                "server_names",
+                format!("{s:?}: only leading \"*.\" wildcards are supported"),
+            ));
         }
     }
     server_names.sort();
@@ -381,7 +486,10 @@ fn chain_match(m: &lpb::FilterChainMatch) -> Result<ChainMatch> {
         server_names,
         transport_protocol: m.transport_protocol.clone(),
         application_protocols,
-        direct_source_prefix_ranges: ranges(&m.direct_source_prefix_ranges, "direct_source_prefix_ranges")?,
+        direct_source_prefix_ranges: ranges(
+            &m.direct_source_prefix_ranges,
+            "direct_source_prefix_ranges",
+        )?,
         source_type,
         source_prefix_ranges: ranges(&m.source_prefix_ranges, "source_prefix_ranges")?,
         source_ports,

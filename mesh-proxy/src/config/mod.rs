@@ -37,12 +37,19 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error at `field` whose resource is filled in by the caller ([`Self::in_resource`]).
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { resource: String::new(), field: field.into(), message: message.into() }
+        ConfigError {
+            resource: String::new(),
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// The standard error for a field that would change traffic but is not implemented.
     pub fn unsupported(field: impl Into<String>) -> Self {
-        Self::field(field, "not supported by mesh-proxy (see mesh-proxy/SUPPORTED.md)")
+        Self::field(
+            field,
+            "not supported by mesh-proxy (see mesh-proxy/SUPPORTED.md)",
+        )
     }
 
     /// Prefixes the field path with an outer one (`filter_chains[2]`).
@@ -87,7 +94,10 @@ pub fn decode_any<M: Message + prost::Name + Default>(any: &Any, field: &str) ->
 /// A protobuf Duration as a std Duration; negative or out-of-range values are an error.
 pub fn duration(d: &PbDuration, field: &str) -> Result<Duration> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
-        return Err(ConfigError::field(field, format!("invalid duration {}s {}ns", d.seconds, d.nanos)));
+        return Err(ConfigError::field(
+            field,
+            format!("invalid duration {}s {}ns", d.seconds, d.nanos),
+        ));
     }
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
@@ -126,7 +136,10 @@ impl Default for Store {
 
 impl Store {
     pub fn new() -> Self {
-        Store { current: ArcSwap::from_pointee(Snapshot::default()), generation: watch::Sender::new(0) }
+        Store {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            generation: watch::Sender::new(0),
+        }
     }
 
     /// The snapshot in force now. Cheap; hold it for the duration of a request.
@@ -170,13 +183,34 @@ mod tests {
             .in_resource("virtualOutbound");
         assert_eq!(e.field, "filter_chains[0].filters[1].typed_config");
         assert_eq!(e.resource, "virtualOutbound");
-        assert!(e.to_string().starts_with("virtualOutbound: filter_chains[0].filters[1].typed_config: not supported"));
+        assert!(e.to_string().starts_with(
+            "virtualOutbound: filter_chains[0].filters[1].typed_config: not supported"
+        ));
     }
 
     #[test]
     fn durations_reject_negative() {
-        assert!(duration(&PbDuration { seconds: -1, nanos: 0 }, "x").is_err());
-        assert_eq!(duration(&PbDuration { seconds: 1, nanos: 5 }, "x").unwrap(), Duration::new(1, 5));
+        assert!(
+            duration(
+                &PbDuration {
+                    seconds: -1,
+                    nanos: 0
+                },
+                "x"
+            )
+            .is_err()
+        );
+        assert_eq!(
+            duration(
+                &PbDuration {
+                    seconds: 1,
+                    nanos: 5
+                },
+                "x"
+            )
+            .unwrap(),
+            Duration::new(1, 5)
+        );
     }
 
     #[test]

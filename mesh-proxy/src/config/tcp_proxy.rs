@@ -10,7 +10,8 @@ use envoy_types::pb::{
 use super::{ConfigError, Result, decode_any, opt_duration};
 use crate::accesslog::AccessLogConfig;
 
-pub const TCP_PROXY_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+pub const TCP_PROXY_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
 /// Envoy's default idle timeout for tcp_proxy.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -31,7 +32,10 @@ pub struct TcpProxy {
 pub enum ClusterChoice {
     Single(Arc<str>),
     /// Cumulative weights for a binary search; the last value is the total.
-    Weighted { clusters: Vec<(Arc<str>, u64)>, total: u64 },
+    Weighted {
+        clusters: Vec<(Arc<str>, u64)>,
+        total: u64,
+    },
 }
 
 impl ClusterChoice {
@@ -51,7 +55,9 @@ impl ClusterChoice {
     pub fn names(&self) -> Vec<&str> {
         match self {
             ClusterChoice::Single(c) => vec![c],
-            ClusterChoice::Weighted { clusters, .. } => clusters.iter().map(|(c, _)| &**c).collect(),
+            ClusterChoice::Weighted { clusters, .. } => {
+                clusters.iter().map(|(c, _)| &**c).collect()
+            }
         }
     }
 }
@@ -64,7 +70,11 @@ impl TcpProxy {
 }
 
 fn unsupported_if(cond: bool, field: &str) -> Result<()> {
-    if cond { Err(ConfigError::unsupported(field)) } else { Ok(()) }
+    if cond {
+        Err(ConfigError::unsupported(field))
+    } else {
+        Ok(())
+    }
 }
 
 impl TryFrom<&tpb::TcpProxy> for TcpProxy {
@@ -76,18 +86,28 @@ impl TryFrom<&tpb::TcpProxy> for TcpProxy {
         }
         unsupported_if(p.on_demand.is_some(), "on_demand")?;
         unsupported_if(p.metadata_match.is_some(), "metadata_match")?;
-        unsupported_if(p.downstream_idle_timeout.is_some(), "downstream_idle_timeout")?;
+        unsupported_if(
+            p.downstream_idle_timeout.is_some(),
+            "downstream_idle_timeout",
+        )?;
         unsupported_if(p.upstream_idle_timeout.is_some(), "upstream_idle_timeout")?;
         unsupported_if(!p.hash_policy.is_empty(), "hash_policy")?;
         unsupported_if(p.tunneling_config.is_some(), "tunneling_config")?;
         unsupported_if(
-            p.max_downstream_connection_duration_jitter_percentage.is_some(),
+            p.max_downstream_connection_duration_jitter_percentage
+                .is_some(),
             "max_downstream_connection_duration_jitter_percentage",
         )?;
         #[allow(deprecated)]
         {
-            unsupported_if(p.access_log_flush_interval.is_some(), "access_log_flush_interval")?;
-            unsupported_if(p.flush_access_log_on_connected, "flush_access_log_on_connected")?;
+            unsupported_if(
+                p.access_log_flush_interval.is_some(),
+                "access_log_flush_interval",
+            )?;
+            unsupported_if(
+                p.flush_access_log_on_connected,
+                "flush_access_log_on_connected",
+            )?;
         }
         unsupported_if(p.access_log_options.is_some(), "access_log_options")?;
         unsupported_if(!p.proxy_protocol_tlvs.is_empty(), "proxy_protocol_tlvs")?;
@@ -96,17 +116,28 @@ impl TryFrom<&tpb::TcpProxy> for TcpProxy {
         // backoff_options only shapes retry pacing between connect attempts: descriptive
         // for us (we retry immediately on another host, as Envoy does for the first retry).
         let cluster = match &p.cluster_specifier {
-            Some(tcp_proxy::ClusterSpecifier::Cluster(c)) if !c.is_empty() => ClusterChoice::Single(c.as_str().into()),
+            Some(tcp_proxy::ClusterSpecifier::Cluster(c)) if !c.is_empty() => {
+                ClusterChoice::Single(c.as_str().into())
+            }
             Some(tcp_proxy::ClusterSpecifier::Cluster(_)) | None => {
-                return Err(ConfigError::field("cluster", "a cluster or weighted_clusters is required"));
+                return Err(ConfigError::field(
+                    "cluster",
+                    "a cluster or weighted_clusters is required",
+                ));
             }
             Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
                 let mut clusters = Vec::with_capacity(w.clusters.len());
                 let mut total = 0u64;
                 for (i, c) in w.clusters.iter().enumerate() {
-                    unsupported_if(c.metadata_match.is_some(), &format!("weighted_clusters.clusters[{i}].metadata_match"))?;
+                    unsupported_if(
+                        c.metadata_match.is_some(),
+                        &format!("weighted_clusters.clusters[{i}].metadata_match"),
+                    )?;
                     if c.name.is_empty() {
-                        return Err(ConfigError::field(format!("weighted_clusters.clusters[{i}].name"), "must not be empty"));
+                        return Err(ConfigError::field(
+                            format!("weighted_clusters.clusters[{i}].name"),
+                            "must not be empty",
+                        ));
                     }
                     if c.weight == 0 {
                         continue;
@@ -115,7 +146,10 @@ impl TryFrom<&tpb::TcpProxy> for TcpProxy {
                     clusters.push((Arc::from(c.name.as_str()), total));
                 }
                 if total == 0 {
-                    return Err(ConfigError::field("weighted_clusters", "the total weight must be greater than 0"));
+                    return Err(ConfigError::field(
+                        "weighted_clusters",
+                        "the total weight must be greater than 0",
+                    ));
                 }
                 ClusterChoice::Weighted { clusters, total }
             }
@@ -125,16 +159,26 @@ impl TryFrom<&tpb::TcpProxy> for TcpProxy {
             Some(d) if d.is_zero() => None,
             Some(d) => Some(d),
         };
-        let max_downstream_connection_duration =
-            opt_duration(&p.max_downstream_connection_duration, "max_downstream_connection_duration")?.filter(|d| !d.is_zero());
+        let max_downstream_connection_duration = opt_duration(
+            &p.max_downstream_connection_duration,
+            "max_downstream_connection_duration",
+        )?
+        .filter(|d| !d.is_zero());
         let max_connect_attempts = match p.max_connect_attempts {
             None => 1,
             Some(v) if v.value >= 1 => v.value,
-            Some(_) => return Err(ConfigError::field("max_connect_attempts", "must be at least 1")),
+            Some(_) => {
+                return Err(ConfigError::field(
+                    "max_connect_attempts",
+                    "must be at least 1",
+                ));
+            }
         };
         let mut access_log = Vec::with_capacity(p.access_log.len());
         for (i, a) in p.access_log.iter().enumerate() {
-            access_log.push(Arc::new(AccessLogConfig::try_from_proto(a).map_err(|e| e.at(format!("access_log[{i}]")))?));
+            access_log.push(Arc::new(
+                AccessLogConfig::try_from_proto(a).map_err(|e| e.at(format!("access_log[{i}]")))?,
+            ));
         }
         Ok(TcpProxy {
             stat_prefix: p.stat_prefix.clone(),
@@ -159,7 +203,8 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let t = tcp(json!({"statPrefix": "outbound|9000||echo", "cluster": "outbound|9000||echo"})).unwrap();
+        let t = tcp(json!({"statPrefix": "outbound|9000||echo", "cluster": "outbound|9000||echo"}))
+            .unwrap();
         assert_eq!(t.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
         assert_eq!(t.max_connect_attempts, 1);
         assert_eq!(t.cluster.pick(7).as_ref(), "outbound|9000||echo");
@@ -187,7 +232,9 @@ mod tests {
 
     #[test]
     fn unsupported_fields_are_named() {
-        let e = tcp(json!({"statPrefix": "s", "cluster": "c", "tunnelingConfig": {"hostname": "h"}})).unwrap_err();
+        let e =
+            tcp(json!({"statPrefix": "s", "cluster": "c", "tunnelingConfig": {"hostname": "h"}}))
+                .unwrap_err();
         assert_eq!(e.field, "tunneling_config");
         let e = tcp(json!({"statPrefix": "s"})).unwrap_err();
         assert_eq!(e.field, "cluster");

@@ -85,7 +85,10 @@ impl FilterChainMatcher {
         for (i, m) in chains.iter().enumerate() {
             root.insert(m, i)?;
         }
-        Ok(FilterChainMatcher { root, len: chains.len() })
+        Ok(FilterChainMatcher {
+            root,
+            len: chains.len(),
+        })
     }
 
     pub fn find(&self, input: &MatchInput<'_>) -> Option<usize> {
@@ -115,12 +118,20 @@ struct ByKey<K, N> {
 
 impl<K, N> Default for ByKey<K, N> {
     fn default() -> Self {
-        ByKey { exact: HashMap::new(), any: None }
+        ByKey {
+            exact: HashMap::new(),
+            any: None,
+        }
     }
 }
 
 impl<K: Eq + Hash, N: Node> ByKey<K, N> {
-    fn insert_keys(&mut self, keys: impl IntoIterator<Item = K>, m: &ChainMatch, idx: usize) -> Result<(), DuplicateMatch> {
+    fn insert_keys(
+        &mut self,
+        keys: impl IntoIterator<Item = K>,
+        m: &ChainMatch,
+        idx: usize,
+    ) -> Result<(), DuplicateMatch> {
         let mut any_key = false;
         for k in keys {
             any_key = true;
@@ -154,12 +165,20 @@ struct ByCidr<N> {
 
 impl<N> Default for ByCidr<N> {
     fn default() -> Self {
-        ByCidr { ranges: Vec::new(), any: None }
+        ByCidr {
+            ranges: Vec::new(),
+            any: None,
+        }
     }
 }
 
 impl<N: Node> ByCidr<N> {
-    fn insert_ranges(&mut self, ranges: &[IpNet], m: &ChainMatch, idx: usize) -> Result<(), DuplicateMatch> {
+    fn insert_ranges(
+        &mut self,
+        ranges: &[IpNet],
+        m: &ChainMatch,
+        idx: usize,
+    ) -> Result<(), DuplicateMatch> {
         if ranges.is_empty() {
             return self.any.get_or_insert_with(N::default).insert(m, idx);
         }
@@ -167,7 +186,9 @@ impl<N: Node> ByCidr<N> {
             let pos = match self.ranges.iter().position(|(n, _)| n == r) {
                 Some(p) => p,
                 None => {
-                    let at = self.ranges.partition_point(|(n, _)| n.prefix_len() >= r.prefix_len());
+                    let at = self
+                        .ranges
+                        .partition_point(|(n, _)| n.prefix_len() >= r.prefix_len());
                     self.ranges.insert(at, (*r, N::default()));
                     at
                 }
@@ -219,7 +240,8 @@ trait KeyOf {
     type Key;
 }
 
-key_level!(DstPort, |m| m.destination_port, |c, t| t.find_key(&c.destination.port(), c));
+key_level!(DstPort, |m| m.destination_port, |c, t| t
+    .find_key(&c.destination.port(), c));
 impl<N> KeyOf for DstPort<N> {
     type Key = u16;
 }
@@ -233,13 +255,21 @@ impl<N> KeyOf for Transport<N> {
     type Key = String;
 }
 
-key_level!(AppProto, |m| m.application_protocols.iter().cloned(), |c, t| {
-    // The first of the connection's protocols that some chain names wins.
-    match c.application_protocols.iter().find_map(|p| t.exact.get(p.as_str())) {
-        Some(n) => n.find(c),
-        None => t.any.as_ref()?.find(c),
+key_level!(
+    AppProto,
+    |m| m.application_protocols.iter().cloned(),
+    |c, t| {
+        // The first of the connection's protocols that some chain names wins.
+        match c
+            .application_protocols
+            .iter()
+            .find_map(|p| t.exact.get(p.as_str()))
+        {
+            Some(n) => n.find(c),
+            None => t.any.as_ref()?.find(c),
+        }
     }
-});
+);
 impl<N> KeyOf for AppProto<N> {
     type Key = String;
 }
@@ -254,7 +284,10 @@ struct SrcPort {
 impl Node for SrcPort {
     fn insert(&mut self, m: &ChainMatch, idx: usize) -> Result<(), DuplicateMatch> {
         let put = |slot: &mut Option<usize>| match slot {
-            Some(first) => Err(DuplicateMatch { first: *first, second: idx }),
+            Some(first) => Err(DuplicateMatch {
+                first: *first,
+                second: idx,
+            }),
             None => {
                 *slot = Some(idx);
                 Ok(())
@@ -297,7 +330,8 @@ macro_rules! cidr_level {
 }
 
 cidr_level!(DstIp, |m| &m.prefix_ranges, |c| c.destination.ip());
-cidr_level!(DirectSrc, |m| &m.direct_source_prefix_ranges, |c| c.direct_source);
+cidr_level!(DirectSrc, |m| &m.direct_source_prefix_ranges, |c| c
+    .direct_source);
 cidr_level!(SrcIp, |m| &m.source_prefix_ranges, |c| c.source.ip());
 
 /// Server names: exact, then `*.suffix` wildcards from the longest suffix, then any.
@@ -311,7 +345,11 @@ struct ServerName<N> {
 
 impl<N> Default for ServerName<N> {
     fn default() -> Self {
-        ServerName { exact: HashMap::new(), wildcard: HashMap::new(), any: None }
+        ServerName {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            any: None,
+        }
     }
 }
 
@@ -322,7 +360,11 @@ impl<N: Node> Node for ServerName<N> {
         }
         for name in &m.server_names {
             match name.strip_prefix('*') {
-                Some(suffix) => self.wildcard.entry(suffix.to_string()).or_default().insert(m, idx)?,
+                Some(suffix) => self
+                    .wildcard
+                    .entry(suffix.to_string())
+                    .or_default()
+                    .insert(m, idx)?,
                 None => self.exact.entry(name.clone()).or_default().insert(m, idx)?,
             }
         }
@@ -359,7 +401,11 @@ struct SrcType<N> {
 
 impl<N> Default for SrcType<N> {
     fn default() -> Self {
-        SrcType { local: None, external: None, any: None }
+        SrcType {
+            local: None,
+            external: None,
+            any: None,
+        }
     }
 }
 
@@ -374,7 +420,11 @@ impl<N: Node> Node for SrcType<N> {
     }
 
     fn find(&self, c: &MatchInput<'_>) -> Option<usize> {
-        let specific = if c.is_local_source() { &self.local } else { &self.external };
+        let specific = if c.is_local_source() {
+            &self.local
+        } else {
+            &self.external
+        };
         match specific {
             Some(n) => n.find(c),
             None => self.any.as_ref()?.find(c),

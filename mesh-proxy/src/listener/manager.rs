@@ -118,15 +118,15 @@ impl Manager {
         for name in names {
             let keep = match desired.get(&name) {
                 None => false,
-                Some(new) => active.get(&name).is_some_and(|a| a.handle.config.load().same_socket(new)),
+                Some(new) => active
+                    .get(&name)
+                    .is_some_and(|a| a.handle.config.load().same_socket(new)),
             };
-            if !keep {
-                if let Some(a) = active.remove(&name) {
-                    if desired.contains_key(&name) {
-                        replaced.push(name.clone());
-                    }
-                    drop(self.retire(a));
+            if !keep && let Some(a) = active.remove(&name) {
+                if desired.contains_key(&name) {
+                    replaced.push(name.clone());
                 }
+                drop(self.retire(a));
             }
         }
         for (name, new) in desired {
@@ -165,7 +165,12 @@ impl Manager {
                 by_addr.insert(*addr, a.handle.clone());
             }
         }
-        self.inner.rt.stats.server.total_listeners_active.set(active.len() as i64);
+        self.inner
+            .rt
+            .stats
+            .server
+            .total_listeners_active
+            .set(active.len() as i64);
         self.inner.by_addr.store(Arc::new(by_addr));
     }
 
@@ -178,7 +183,9 @@ impl Manager {
         }
         let bound = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
         let (trigger, watch) = self.inner.rt.drain.child();
-        let stats = self.inner.rt.stats.listener.handles(&ListenerLabels { envoy_listener_address: cfg.stat_name.clone() });
+        let stats = self.inner.rt.stats.listener.handles(&ListenerLabels {
+            envoy_listener_address: cfg.stat_name.clone(),
+        });
         let handle = Arc::new(ListenerHandle {
             config: ArcSwap::new(cfg),
             rt: self.inner.rt.with_drain(watch),
@@ -223,14 +230,21 @@ impl Manager {
     /// The active listeners and their bound addresses (admin `/listeners`).
     pub fn listeners(&self) -> Vec<(Arc<Listener>, Vec<SocketAddr>)> {
         let active = self.inner.active.lock();
-        let mut v: Vec<_> = active.values().map(|a| (a.handle.config(), a.handle.bound.clone())).collect();
+        let mut v: Vec<_> = active
+            .values()
+            .map(|a| (a.handle.config(), a.handle.bound.clone()))
+            .collect();
         v.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         v
     }
 
     /// The addresses a listener is bound to (tests bind port 0).
     pub fn bound_addresses(&self, name: &str) -> Option<Vec<SocketAddr>> {
-        self.inner.active.lock().get(name).map(|a| a.handle.bound.clone())
+        self.inner
+            .active
+            .lock()
+            .get(name)
+            .map(|a| a.handle.bound.clone())
     }
 
     /// `/drain_listeners`: stop accepting on every listener (inbound only if asked) and
@@ -243,7 +257,9 @@ impl Manager {
             .filter(|(_, a)| {
                 let c = a.handle.config.load();
                 !c.modify_only_drain
-                    && (!inbound_only || c.traffic_direction == crate::config::listener::TrafficDirection::Inbound)
+                    && (!inbound_only
+                        || c.traffic_direction
+                            == crate::config::listener::TrafficDirection::Inbound)
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -277,7 +293,11 @@ fn bind(addr: SocketAddr, backlog: Option<u32>) -> io::Result<TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(backlog.map(|b| b.min(i32::MAX as u32) as i32).unwrap_or(1024))?;
+    socket.listen(
+        backlog
+            .map(|b| b.min(i32::MAX as u32) as i32)
+            .unwrap_or(1024),
+    )?;
     TcpListener::from_std(socket.into())
 }
 
@@ -342,7 +362,13 @@ struct Prepared {
 
 impl Prepared {
     async fn serve(self) {
-        let Prepared { io, conn, chain, handle, _count } = self;
+        let Prepared {
+            io,
+            conn,
+            chain,
+            handle,
+            _count,
+        } = self;
         let rt = handle.rt.clone();
         let serve = async move {
             match &chain.terminal {
@@ -359,25 +385,32 @@ impl Prepared {
     }
 }
 
-async fn prepare(mut stream: TcpStream, peer: SocketAddr, mut handle: Arc<ListenerHandle>, inner: Arc<Inner>) -> Option<Prepared> {
+async fn prepare(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    mut handle: Arc<ListenerHandle>,
+    inner: Arc<Inner>,
+) -> Option<Prepared> {
     let id = next_connection_id();
     let local = stream.local_addr().ok()?;
     let _ = stream.set_nodelay(true);
     inner.rt.stats.server.connections_total.inc();
     let mut cfg = handle.config();
-    let orig = if cfg.listener_filters.original_dst || cfg.use_original_dst { original_dst(&stream) } else { None };
+    let orig = if cfg.listener_filters.original_dst || cfg.use_original_dst {
+        original_dst(&stream)
+    } else {
+        None
+    };
 
     // Hand-off to the listener bound to the original destination.
-    if cfg.use_original_dst {
-        if let Some(dst) = orig {
-            if let Some(target) = find_listener(&inner.by_addr.load(), dst) {
-                if !Arc::ptr_eq(&target, &handle) {
-                    debug!(from = %cfg.name, to = %target.config.load().name, %dst, "hand-off");
-                    handle = target;
-                    cfg = handle.config();
-                }
-            }
-        }
+    if cfg.use_original_dst
+        && let Some(dst) = orig
+        && let Some(target) = find_listener(&inner.by_addr.load(), dst)
+        && !Arc::ptr_eq(&target, &handle)
+    {
+        debug!(from = %cfg.name, to = %target.config.load().name, %dst, "hand-off");
+        handle = target;
+        cfg = handle.config();
     }
     let count = ActiveConn::new(&handle.stats);
 
@@ -385,7 +418,16 @@ async fn prepare(mut stream: TcpStream, peer: SocketAddr, mut handle: Arc<Listen
     let mut sniffed = Sniffed::default();
     let lf = cfg.listener_filters;
     if lf.tls_inspector || lf.http_inspector {
-        match sniff(&mut stream, &mut buf, lf.tls_inspector, lf.http_inspector, cfg.listener_filters_timeout, &mut sniffed).await {
+        match sniff(
+            &mut stream,
+            &mut buf,
+            lf.tls_inspector,
+            lf.http_inspector,
+            cfg.listener_filters_timeout,
+            &mut sniffed,
+        )
+        .await
+        {
             Ok(()) => {}
             Err(SniffError::Timeout(_)) if cfg.continue_on_listener_filters_timeout => {}
             Err(e) => {
@@ -432,12 +474,21 @@ async fn prepare(mut stream: TcpStream, peer: SocketAddr, mut handle: Arc<Listen
     };
     let io = Io::with_prefix(stream, buf.freeze());
     drop(cfg);
-    Some(Prepared { io, conn, chain, handle, _count: count })
+    Some(Prepared {
+        io,
+        conn,
+        chain,
+        handle,
+        _count: count,
+    })
 }
 
 /// Exact `ip:port`, else the wildcard address of the same family (IPv4-mapped
 /// destinations also try `0.0.0.0`).
-fn find_listener(by_addr: &HashMap<SocketAddr, Arc<ListenerHandle>>, dst: SocketAddr) -> Option<Arc<ListenerHandle>> {
+fn find_listener(
+    by_addr: &HashMap<SocketAddr, Arc<ListenerHandle>>,
+    dst: SocketAddr,
+) -> Option<Arc<ListenerHandle>> {
     if let Some(h) = by_addr.get(&dst) {
         return Some(h.clone());
     }

@@ -9,7 +9,11 @@ pub mod manager;
 pub mod original_dst;
 pub mod sniff;
 
-use std::{net::SocketAddr, sync::Arc, time::{Instant, SystemTime}};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 pub use io::Io;
 pub use manager::Manager;

@@ -99,7 +99,9 @@ pub async fn sniff(
     };
     match timeout {
         None => work.await,
-        Some(t) => tokio::time::timeout(t, work).await.map_err(|_| SniffError::Timeout(t))?,
+        Some(t) => tokio::time::timeout(t, work)
+            .await
+            .map_err(|_| SniffError::Timeout(t))?,
     }
 }
 
@@ -131,7 +133,9 @@ fn client_hello(buf: &[u8]) -> Verdict<ClientHello> {
         if buf[pos] != 0x16 {
             return Verdict::No;
         }
-        let Some(len) = u16_at(buf, pos + 3) else { return Verdict::NeedMore };
+        let Some(len) = u16_at(buf, pos + 3) else {
+            return Verdict::NeedMore;
+        };
         if len == 0 || len > 16384 + 2048 || pos + 5 + len > MAX_CLIENT_HELLO {
             return Verdict::No;
         }
@@ -143,11 +147,16 @@ fn client_hello(buf: &[u8]) -> Verdict<ClientHello> {
         records.push(payload);
         have += len;
         if need.is_none() && have >= 4 {
-            let joined: Vec<u8> = records.iter().flat_map(|r| r.iter().copied()).take(4).collect();
+            let joined: Vec<u8> = records
+                .iter()
+                .flat_map(|r| r.iter().copied())
+                .take(4)
+                .collect();
             if joined[0] != 1 {
                 return Verdict::No;
             }
-            let msg_len = usize::from(joined[1]) << 16 | usize::from(joined[2]) << 8 | usize::from(joined[3]);
+            let msg_len =
+                usize::from(joined[1]) << 16 | usize::from(joined[2]) << 8 | usize::from(joined[3]);
             if msg_len > MAX_CLIENT_HELLO {
                 return Verdict::No;
             }
@@ -241,21 +250,37 @@ fn http_protocol(buf: &[u8]) -> Verdict<&'static str> {
     }
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
-        return if n == H2_PREFACE.len() { Verdict::Yes("h2c") } else { Verdict::NeedMore };
+        return if n == H2_PREFACE.len() {
+            Verdict::Yes("h2c")
+        } else {
+            Verdict::NeedMore
+        };
     }
     // Method: a token of uppercase letters (and '-', '_'), then a space.
     let Some(sp) = buf.iter().position(|&c| c == b' ') else {
-        return if buf.iter().all(|c| c.is_ascii_uppercase() || *c == b'-' || *c == b'_') && buf.len() < 32 {
+        return if buf
+            .iter()
+            .all(|c| c.is_ascii_uppercase() || *c == b'-' || *c == b'_')
+            && buf.len() < 32
+        {
             Verdict::NeedMore
         } else {
             Verdict::No
         };
     };
-    if sp == 0 || !buf[..sp].iter().all(|c| c.is_ascii_uppercase() || *c == b'-' || *c == b'_') {
+    if sp == 0
+        || !buf[..sp]
+            .iter()
+            .all(|c| c.is_ascii_uppercase() || *c == b'-' || *c == b'_')
+    {
         return Verdict::No;
     }
     let Some(eol) = buf.iter().position(|&c| c == b'\n') else {
-        return if buf.len() >= MAX_HTTP_LINE { Verdict::No } else { Verdict::NeedMore };
+        return if buf.len() >= MAX_HTTP_LINE {
+            Verdict::No
+        } else {
+            Verdict::NeedMore
+        };
     };
     let line = &buf[..eol];
     let line = line.strip_suffix(b"\r").unwrap_or(line);

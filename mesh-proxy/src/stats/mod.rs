@@ -15,11 +15,7 @@ use std::{sync::atomic::AtomicU64, time::Instant};
 use parking_lot::Mutex;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-    },
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::{Metric, Registry},
 };
 
@@ -210,20 +206,52 @@ impl Stats {
             stats.tcp.register(envoy);
             stats.xds.register(envoy);
             let s = &stats.server;
-            envoy.register("server_live", "1 when the server is live (not draining)", s.live.clone());
-            envoy.register("server_state", "0 live, 1 draining, 2 pre-initializing", s.state.clone());
+            envoy.register(
+                "server_live",
+                "1 when the server is live (not draining)",
+                s.live.clone(),
+            );
+            envoy.register(
+                "server_state",
+                "0 live, 1 draining, 2 pre-initializing",
+                s.state.clone(),
+            );
             envoy.register("server_uptime", "seconds since start", s.uptime.clone());
             envoy.register(
                 "control_plane_connected_state",
                 "1 when the xDS stream is up",
                 s.control_plane_connected.clone(),
             );
-            envoy.register("listener_manager_total_listeners_active", "active listeners", s.total_listeners_active.clone());
-            envoy.register("listener_manager_total_listeners_warming", "listeners waiting for routes", s.total_listeners_warming.clone());
-            envoy.register("listener_manager_total_listeners_draining", "removed listeners still draining", s.total_listeners_draining.clone());
-            envoy.register("cluster_manager_active_clusters", "active clusters", s.active_clusters.clone());
-            envoy.register("cluster_manager_warming_clusters", "clusters waiting for endpoints", s.warming_clusters.clone());
-            envoy.register("server_downstream_cx", "connections accepted by all listeners", s.connections_total.clone());
+            envoy.register(
+                "listener_manager_total_listeners_active",
+                "active listeners",
+                s.total_listeners_active.clone(),
+            );
+            envoy.register(
+                "listener_manager_total_listeners_warming",
+                "listeners waiting for routes",
+                s.total_listeners_warming.clone(),
+            );
+            envoy.register(
+                "listener_manager_total_listeners_draining",
+                "removed listeners still draining",
+                s.total_listeners_draining.clone(),
+            );
+            envoy.register(
+                "cluster_manager_active_clusters",
+                "active clusters",
+                s.active_clusters.clone(),
+            );
+            envoy.register(
+                "cluster_manager_warming_clusters",
+                "clusters waiting for endpoints",
+                s.warming_clusters.clone(),
+            );
+            envoy.register(
+                "server_downstream_cx",
+                "connections accepted by all listeners",
+                s.connections_total.clone(),
+            );
         }
         stats.server.state.set(2);
         *stats.registry.lock() = root;
@@ -238,7 +266,9 @@ impl Stats {
 
     /// Prometheus/OpenMetrics text exposition of every registered metric.
     pub fn encode_prometheus(&self) -> String {
-        self.server.uptime.set(i64::try_from(self.started.elapsed().as_secs()).unwrap_or(i64::MAX));
+        self.server
+            .uptime
+            .set(i64::try_from(self.started.elapsed().as_secs()).unwrap_or(i64::MAX));
         let mut out = String::with_capacity(16 * 1024);
         // Encoding into a String cannot fail.
         let _ = encode(&mut out, &self.registry.lock());
@@ -258,7 +288,9 @@ mod tests {
     #[test]
     fn cluster_counters_use_envoy_names() {
         let stats = Stats::new();
-        let labels = ClusterLabels { envoy_cluster_name: "outbound|80||a.default.svc.cluster.local".into() };
+        let labels = ClusterLabels {
+            envoy_cluster_name: "outbound|80||a.default.svc.cluster.local".into(),
+        };
         let c = stats.cluster.handles(&labels);
         c.upstream_cx_total.inc();
         c.upstream_rq_total.inc_by(3);
@@ -278,7 +310,9 @@ mod tests {
     #[test]
     fn values_list_envoy_stat_names() {
         let stats = Stats::new();
-        let l = stats.listener.handles(&ListenerLabels { envoy_listener_address: "0.0.0.0_15001".into() });
+        let l = stats.listener.handles(&ListenerLabels {
+            envoy_listener_address: "0.0.0.0_15001".into(),
+        });
         l.downstream_cx_total.inc();
         let values = l.values();
         assert!(values.contains(&("downstream_cx_total", 1)));

@@ -20,7 +20,7 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::tcp::{OwnedReadHalf, OwnedWriteHalf},
 };
-use tracing::{debug, info_span, Instrument};
+use tracing::{Instrument, debug, info_span};
 
 use crate::{
     Runtime,
@@ -41,7 +41,9 @@ pub async fn proxy(io: Io, conn: ConnInfo, cfg: Arc<TcpProxy>, rt: Runtime) {
 }
 
 async fn proxy_inner(io: Io, conn: ConnInfo, cfg: Arc<TcpProxy>, rt: Runtime) {
-    let stats = rt.stats.tcp.handles(&TcpLabels { envoy_tcp_prefix: cfg.stat_prefix.clone() });
+    let stats = rt.stats.tcp.handles(&TcpLabels {
+        envoy_tcp_prefix: cfg.stat_prefix.clone(),
+    });
     stats.downstream_cx_total.inc();
     let mut record = Record::new(&conn, cfg.clone(), stats);
 
@@ -50,10 +52,16 @@ async fn proxy_inner(io: Io, conn: ConnInfo, cfg: Arc<TcpProxy>, rt: Runtime) {
     let Some(cluster) = rt.clusters.get(&cluster_name) else {
         debug!(cluster = %cluster_name, "no such cluster");
         record.stats.downstream_cx_no_route.inc();
-        record.info.response_flags.insert(ResponseFlags::NO_CLUSTER_FOUND);
+        record
+            .info
+            .response_flags
+            .insert(ResponseFlags::NO_CLUSTER_FOUND);
         return;
     };
-    let ctx = LbContext { original_dst: Some(conn.destination()), ..Default::default() };
+    let ctx = LbContext {
+        original_dst: Some(conn.destination()),
+        ..Default::default()
+    };
     let upstream = match cluster.connect_any(&ctx, cfg.max_connect_attempts).await {
         Ok(u) => u,
         Err(e) => {
@@ -61,7 +69,9 @@ async fn proxy_inner(io: Io, conn: ConnInfo, cfg: Arc<TcpProxy>, rt: Runtime) {
             record.info.response_flags.insert(match e {
                 ConnectError::Overflow { .. } => ResponseFlags::UPSTREAM_OVERFLOW,
                 ConnectError::NoHealthyHost { .. } => ResponseFlags::NO_HEALTHY_UPSTREAM,
-                ConnectError::Timeout { .. } | ConnectError::Io { .. } => ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                ConnectError::Timeout { .. } | ConnectError::Io { .. } => {
+                    ResponseFlags::UPSTREAM_CONNECTION_FAILURE
+                }
             });
             record.info.upstream_transport_failure_reason = Some(e.to_string());
             return;
@@ -91,7 +101,10 @@ async fn proxy_inner(io: Io, conn: ConnInfo, cfg: Arc<TcpProxy>, rt: Runtime) {
         }
     };
     drop(guard);
-    let (rx, tx) = (counters.from_downstream.load(Ordering::Relaxed), counters.from_upstream.load(Ordering::Relaxed));
+    let (rx, tx) = (
+        counters.from_downstream.load(Ordering::Relaxed),
+        counters.from_upstream.load(Ordering::Relaxed),
+    );
     record.info.bytes_received = rx;
     record.info.bytes_sent = tx;
     let cs = cluster.stats();
@@ -101,11 +114,17 @@ async fn proxy_inner(io: Io, conn: ConnInfo, cfg: Arc<TcpProxy>, rt: Runtime) {
         Outcome::Done => {}
         Outcome::Idle => {
             record.stats.idle_timeout.inc();
-            record.info.response_flags.insert(ResponseFlags::STREAM_IDLE_TIMEOUT);
+            record
+                .info
+                .response_flags
+                .insert(ResponseFlags::STREAM_IDLE_TIMEOUT);
         }
         Outcome::MaxDuration => {
             record.stats.max_downstream_connection_duration.inc();
-            record.info.response_flags.insert(ResponseFlags::DURATION_TIMEOUT);
+            record
+                .info
+                .response_flags
+                .insert(ResponseFlags::DURATION_TIMEOUT);
         }
         Outcome::Error(e) => {
             debug!(error = %e, "connection reset");
@@ -156,7 +175,9 @@ fn now_ms(start: tokio::time::Instant) -> u64 {
 }
 
 async fn watch_idle(c: &Counters, idle: Option<Duration>, start: tokio::time::Instant) {
-    let Some(idle) = idle else { return std::future::pending().await };
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
     loop {
         let last = Duration::from_millis(c.last_activity_ms.load(Ordering::Relaxed));
         let deadline = start + last + idle;
@@ -179,11 +200,34 @@ async fn copy_both(
     let start = tokio::time::Instant::now();
     if !prefix.is_empty() {
         // Bytes the listener filters read while sniffing go first.
-        u_write.write_all(&prefix).await.map_err(|source| CopyError { side: Side::Upstream, source })?;
-        c.from_downstream.fetch_add(prefix.len() as u64, Ordering::Relaxed);
+        u_write
+            .write_all(&prefix)
+            .await
+            .map_err(|source| CopyError {
+                side: Side::Upstream,
+                source,
+            })?;
+        c.from_downstream
+            .fetch_add(prefix.len() as u64, Ordering::Relaxed);
     }
-    let up = copy_one(d_read, u_write, &c.from_downstream, &c.last_activity_ms, start, Side::Downstream, Side::Upstream);
-    let down = copy_one(u_read, d_write, &c.from_upstream, &c.last_activity_ms, start, Side::Upstream, Side::Downstream);
+    let up = copy_one(
+        d_read,
+        u_write,
+        &c.from_downstream,
+        &c.last_activity_ms,
+        start,
+        Side::Downstream,
+        Side::Upstream,
+    );
+    let down = copy_one(
+        u_read,
+        d_write,
+        &c.from_upstream,
+        &c.last_activity_ms,
+        start,
+        Side::Upstream,
+        Side::Downstream,
+    );
     tokio::try_join!(up, down).map(|_| ())
 }
 
@@ -200,13 +244,19 @@ async fn copy_one<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 ) -> Result<(), CopyError> {
     let mut buf = vec![0u8; BUF_SIZE];
     loop {
-        let n = r.read(&mut buf).await.map_err(|source| CopyError { side: read_side, source })?;
+        let n = r.read(&mut buf).await.map_err(|source| CopyError {
+            side: read_side,
+            source,
+        })?;
         if n == 0 {
             // Shutdown of an already-closed peer is not an error worth reporting.
             let _ = w.shutdown().await;
             return Ok(());
         }
-        w.write_all(&buf[..n]).await.map_err(|source| CopyError { side: write_side, source })?;
+        w.write_all(&buf[..n]).await.map_err(|source| CopyError {
+            side: write_side,
+            source,
+        })?;
         count.fetch_add(n as u64, Ordering::Relaxed);
         activity.store(now_ms(start), Ordering::Relaxed);
     }
@@ -225,15 +275,24 @@ impl Record {
         let mut info = StreamInfo::new(conn.peer, conn.destination());
         info.start_time = conn.start_time;
         info.requested_server_name = conn.server_name.clone();
-        Record { info, cfg, stats, start: conn.start }
+        Record {
+            info,
+            cfg,
+            stats,
+            start: conn.start,
+        }
     }
 }
 
 impl Drop for Record {
     fn drop(&mut self) {
         self.info.duration = Some(self.start.elapsed());
-        self.stats.downstream_cx_rx_bytes_total.inc_by(self.info.bytes_received);
-        self.stats.downstream_cx_tx_bytes_total.inc_by(self.info.bytes_sent);
+        self.stats
+            .downstream_cx_rx_bytes_total
+            .inc_by(self.info.bytes_received);
+        self.stats
+            .downstream_cx_tx_bytes_total
+            .inc_by(self.info.bytes_sent);
         if self.cfg.access_log.is_empty() {
             return;
         }
@@ -253,7 +312,11 @@ impl Drop for Record {
 }
 
 /// The request fields of a TCP access-log line: Envoy prints `"- - -"` for them.
-fn tcp_request() -> (&'static http::Method, &'static http::Uri, &'static http::HeaderMap) {
+fn tcp_request() -> (
+    &'static http::Method,
+    &'static http::Uri,
+    &'static http::HeaderMap,
+) {
     use std::sync::OnceLock;
     static REQ: OnceLock<(http::Method, http::Uri, http::HeaderMap)> = OnceLock::new();
     let r = REQ.get_or_init(|| {
@@ -268,7 +331,9 @@ fn tcp_request() -> (&'static http::Method, &'static http::Uri, &'static http::H
 
 /// Exposed for the listener: the stats handles of a tcp_proxy stat prefix.
 pub fn stats(rt: &Runtime, stat_prefix: &str) -> TcpStats {
-    rt.stats.tcp.handles(&TcpLabels { envoy_tcp_prefix: stat_prefix.to_string() })
+    rt.stats.tcp.handles(&TcpLabels {
+        envoy_tcp_prefix: stat_prefix.to_string(),
+    })
 }
 
 #[cfg(test)]

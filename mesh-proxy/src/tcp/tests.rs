@@ -10,9 +10,12 @@ use tokio::{
 
 use super::*;
 use crate::config::{
-    cluster::{CircuitBreakerThresholds, Cluster as ClusterConfig, Discovery, LbPolicy, UpstreamHttpOptions},
-    endpoint::{ClusterLoadAssignment, Endpoint, HealthStatus, LocalityEndpoints},
     address::HostPort,
+    cluster::{
+        CircuitBreakerThresholds, Cluster as ClusterConfig, Discovery, LbPolicy,
+        UpstreamHttpOptions,
+    },
+    endpoint::{ClusterLoadAssignment, Endpoint, HealthStatus, LocalityEndpoints},
     tcp_proxy::ClusterChoice,
 };
 
@@ -81,7 +84,9 @@ async fn half_close_from_client_still_gets_response() {
         let (mut s, _) = up.accept().await.unwrap();
         let mut got = Vec::new();
         s.read_to_end(&mut got).await.unwrap();
-        s.write_all(format!("got {} bytes", got.len()).as_bytes()).await.unwrap();
+        s.write_all(format!("got {} bytes", got.len()).as_bytes())
+            .await
+            .unwrap();
         s.shutdown().await.unwrap();
     });
     let rt = Runtime::for_tests();
@@ -97,8 +102,13 @@ async fn half_close_from_client_still_gets_response() {
     task.await.unwrap();
     server.await.unwrap();
     let stats = rt.stats.encode_prometheus();
-    assert!(stats.contains(r#"envoy_tcp_downstream_cx_rx_bytes_total{envoy_tcp_prefix="test"} 100000"#), "{stats}");
-    assert!(stats.contains(r#"envoy_tcp_downstream_cx_tx_bytes_total{envoy_tcp_prefix="test"} 16"#));
+    assert!(
+        stats.contains(r#"envoy_tcp_downstream_cx_rx_bytes_total{envoy_tcp_prefix="test"} 100000"#),
+        "{stats}"
+    );
+    assert!(
+        stats.contains(r#"envoy_tcp_downstream_cx_tx_bytes_total{envoy_tcp_prefix="test"} 16"#)
+    );
     assert!(stats.contains(r#"envoy_cluster_upstream_cx_active{envoy_cluster_name="up"} 0"#));
 }
 
@@ -142,14 +152,22 @@ async fn idle_timeout_closes_both_sides() {
     });
     let rt = Runtime::for_tests();
     rt.clusters.add_or_update(static_cluster("up", up_addr));
-    let (addr, task) = proxy_once(rt.clone(), tcp_cfg("up", Some(Duration::from_millis(100)))).await;
+    let (addr, task) =
+        proxy_once(rt.clone(), tcp_cfg("up", Some(Duration::from_millis(100)))).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     let mut b = [0u8; 8];
-    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(n, 0);
     assert_eq!(server.await.unwrap(), 0);
     task.await.unwrap();
-    assert!(rt.stats.encode_prometheus().contains(r#"envoy_tcp_idle_timeout_total{envoy_tcp_prefix="test"} 1"#));
+    assert!(
+        rt.stats
+            .encode_prometheus()
+            .contains(r#"envoy_tcp_idle_timeout_total{envoy_tcp_prefix="test"} 1"#)
+    );
 }
 
 #[tokio::test]
@@ -166,7 +184,11 @@ async fn connect_failure_closes_downstream() {
     let _ = c.read_to_end(&mut b).await;
     assert!(b.is_empty());
     task.await.unwrap();
-    assert!(rt.stats.encode_prometheus().contains(r#"envoy_cluster_upstream_cx_connect_fail_total{envoy_cluster_name="dead"} 1"#));
+    assert!(
+        rt.stats.encode_prometheus().contains(
+            r#"envoy_cluster_upstream_cx_connect_fail_total{envoy_cluster_name="dead"} 1"#
+        )
+    );
 }
 
 #[tokio::test]
@@ -177,7 +199,11 @@ async fn unknown_cluster_closes_downstream() {
     let mut b = Vec::new();
     let _ = c.read_to_end(&mut b).await;
     task.await.unwrap();
-    assert!(rt.stats.encode_prometheus().contains(r#"envoy_tcp_downstream_cx_no_route_total{envoy_tcp_prefix="test"} 1"#));
+    assert!(
+        rt.stats
+            .encode_prometheus()
+            .contains(r#"envoy_tcp_downstream_cx_no_route_total{envoy_tcp_prefix="test"} 1"#)
+    );
 }
 
 #[tokio::test]
@@ -193,5 +219,9 @@ async fn circuit_breaker_overflow() {
     let mut b = Vec::new();
     let _ = c.read_to_end(&mut b).await;
     task.await.unwrap();
-    assert!(rt.stats.encode_prometheus().contains(r#"envoy_cluster_upstream_cx_overflow_total{envoy_cluster_name="cb"} 1"#));
+    assert!(
+        rt.stats
+            .encode_prometheus()
+            .contains(r#"envoy_cluster_upstream_cx_overflow_total{envoy_cluster_name="cb"} 1"#)
+    );
 }

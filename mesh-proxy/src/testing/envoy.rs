@@ -18,7 +18,11 @@ pub fn find_envoy() -> Option<PathBuf> {
         return p.is_file().then_some(p);
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/envoy.sh");
-    let out = Command::new("bash").arg(script).stderr(Stdio::null()).output().ok()?;
+    let out = Command::new("bash")
+        .arg(script)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -42,7 +46,12 @@ impl Drop for Envoy {
 
 impl Envoy {
     /// Starts Envoy with ADS at `xds` (`127.0.0.1:port`), delta or SotW.
-    pub fn start(binary: &Path, xds: SocketAddr, node_id: &str, delta: bool) -> std::io::Result<Envoy> {
+    pub fn start(
+        binary: &Path,
+        xds: SocketAddr,
+        node_id: &str,
+        delta: bool,
+    ) -> std::io::Result<Envoy> {
         let dir = tempfile::tempdir()?;
         let bootstrap = json!({
             "node": {"id": node_id, "cluster": "mesh-test"},
@@ -79,7 +88,10 @@ impl Envoy {
             .arg("--admin-address-path")
             .arg(&admin_path)
             .arg("--base-id")
-            .arg((std::process::id() as u64 * 1000 + rand::random::<u16>() as u64 % 1000).to_string())
+            .arg(
+                (std::process::id() as u64 * 1000 + rand::random::<u16>() as u64 % 1000)
+                    .to_string(),
+            )
             .arg("--concurrency")
             .arg("2")
             .arg("-l")
@@ -87,21 +99,30 @@ impl Envoy {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
-        let mut envoy = Envoy { child, admin: "127.0.0.1:0".parse().expect("valid"), _dir: dir };
+        let mut envoy = Envoy {
+            child,
+            admin: "127.0.0.1:0".parse().expect("valid"),
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(s) = std::fs::read_to_string(&admin_path) {
-                if let Ok(a) = s.trim().parse() {
-                    envoy.admin = a;
-                    return Ok(envoy);
-                }
+            if let Ok(s) = std::fs::read_to_string(&admin_path)
+                && let Ok(a) = s.trim().parse()
+            {
+                envoy.admin = a;
+                return Ok(envoy);
             }
             if let Ok(Some(status)) = envoy.child.try_wait() {
-                let log = std::fs::read_to_string(envoy._dir.path().join("envoy.log")).unwrap_or_default();
-                return Err(std::io::Error::other(format!("envoy exited with {status}: {log}")));
+                let log = std::fs::read_to_string(envoy._dir.path().join("envoy.log"))
+                    .unwrap_or_default();
+                return Err(std::io::Error::other(format!(
+                    "envoy exited with {status}: {log}"
+                )));
             }
             if Instant::now() > deadline {
-                return Err(std::io::Error::other("envoy did not start its admin endpoint in 20s"));
+                return Err(std::io::Error::other(
+                    "envoy did not start its admin endpoint in 20s",
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -117,9 +138,14 @@ impl Envoy {
     pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
         let body = self.admin_get("/listeners?format=json").ok()?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let l = v["listener_statuses"].as_array()?.iter().find(|l| l["name"] == name)?;
+        let l = v["listener_statuses"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == name)?;
         let sa = &l["local_address"]["socket_address"];
-        format!("{}:{}", sa["address"].as_str()?, sa["port_value"].as_u64()?).parse().ok()
+        format!("{}:{}", sa["address"].as_str()?, sa["port_value"].as_u64()?)
+            .parse()
+            .ok()
     }
 
     /// The recent Envoy log (for failure messages).
@@ -133,11 +159,17 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return Ok(dechunk(body));
     }
     Ok(body.to_string())
@@ -146,7 +178,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }

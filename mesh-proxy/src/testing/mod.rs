@@ -11,7 +11,8 @@ pub use xds_server::XdsServer;
 
 /// An `Any` from Envoy JSON with an `@type` (what you would write in an Envoy config).
 pub fn any(v: serde_json::Value) -> Any {
-    mesh_api::envoy_json::any_from_json(&v).unwrap_or_else(|e| panic!("invalid Envoy JSON {v}: {e}"))
+    mesh_api::envoy_json::any_from_json(&v)
+        .unwrap_or_else(|e| panic!("invalid Envoy JSON {v}: {e}"))
 }
 
 /// `MESH_CI_STRICT=1`: a missing prerequisite (root, Envoy) is a failure, not a skip.
@@ -36,6 +37,10 @@ pub fn require(ok: bool, what: &str) -> bool {
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }

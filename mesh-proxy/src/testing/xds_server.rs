@@ -12,8 +12,11 @@ use std::{
 
 use envoy_types::pb::{
     envoy::service::discovery::v3::{
-        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
-        aggregated_discovery_service_server::{AggregatedDiscoveryService, AggregatedDiscoveryServiceServer},
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+        Resource,
+        aggregated_discovery_service_server::{
+            AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+        },
     },
     google::protobuf::Any,
 };
@@ -76,19 +79,35 @@ impl XdsServer {
     }
 
     pub async fn start_on(addr: SocketAddr) -> XdsServer {
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the test xds server");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind the test xds server");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (changed, _) = watch::channel(0u64);
         let (kill, _) = watch::channel(0u64);
-        let svc = Ads { shared: shared.clone(), changed: changed.clone(), kill: kill.clone() };
+        let svc = Ads {
+            shared: shared.clone(),
+            changed: changed.clone(),
+            kill: kill.clone(),
+        };
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
-                .add_service(AggregatedDiscoveryServiceServer::new(svc).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+                .add_service(
+                    AggregatedDiscoveryServiceServer::new(svc)
+                        .max_decoding_message_size(64 << 20)
+                        .max_encoding_message_size(64 << 20),
+                )
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         });
-        XdsServer { addr, shared, changed, kill, task }
+        XdsServer {
+            addr,
+            shared,
+            changed,
+            kill,
+            task,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -114,7 +133,10 @@ impl XdsServer {
     /// Adds or replaces one resource.
     pub fn upsert(&self, resource: Any) {
         let mut s = self.shared.lock();
-        s.resources.entry(resource.type_url.clone()).or_default().insert(name_of(&resource), resource);
+        s.resources
+            .entry(resource.type_url.clone())
+            .or_default()
+            .insert(name_of(&resource), resource);
         s.version += 1;
         let v = s.version;
         drop(s);
@@ -147,10 +169,21 @@ impl XdsServer {
     }
 
     /// Waits until a recorded request satisfies `pred` (polls; bounded by `timeout`).
-    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&Recorded) -> bool) -> Option<Recorded> {
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Recorded) -> bool,
+    ) -> Option<Recorded> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(r) = self.shared.lock().requests.iter().find(|r| pred(r)).cloned() {
+            if let Some(r) = self
+                .shared
+                .lock()
+                .requests
+                .iter()
+                .find(|r| pred(r))
+                .cloned()
+            {
                 return Some(r);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -164,12 +197,23 @@ impl XdsServer {
     /// in `-<version>`).
     pub async fn wait_for_ack(&self, type_url: &str, timeout: Duration) -> Option<Recorded> {
         let suffix = format!("-{}", self.version());
-        self.wait_for(timeout, |r| r.type_url == type_url && r.error.is_none() && r.nonce.ends_with(&suffix)).await
+        self.wait_for(timeout, |r| {
+            r.type_url == type_url && r.error.is_none() && r.nonce.ends_with(&suffix)
+        })
+        .await
     }
 
     /// Waits for a NACK of `type_url` whose message contains `needle`.
-    pub async fn wait_for_nack(&self, type_url: &str, needle: &str, timeout: Duration) -> Option<Recorded> {
-        self.wait_for(timeout, |r| r.type_url == type_url && r.error.as_deref().is_some_and(|e| e.contains(needle))).await
+    pub async fn wait_for_nack(
+        &self,
+        type_url: &str,
+        needle: &str,
+        timeout: Duration,
+    ) -> Option<Recorded> {
+        self.wait_for(timeout, |r| {
+            r.type_url == type_url && r.error.as_deref().is_some_and(|e| e.contains(needle))
+        })
+        .await
     }
 }
 
@@ -179,7 +223,9 @@ fn name_of(a: &Any) -> String {
         #[prost(string, tag = "1")]
         name: String,
     }
-    NameOnly::decode(a.value.as_slice()).map(|n| n.name).unwrap_or_default()
+    NameOnly::decode(a.value.as_slice())
+        .map(|n| n.name)
+        .unwrap_or_default()
 }
 
 fn hash_version(a: &Any) -> String {
@@ -353,7 +399,9 @@ impl AggregatedDiscoveryService for Ads {
                     }
                 }
                 for t in to_send {
-                    let Some(sub) = subs.get_mut(&t) else { continue };
+                    let Some(sub) = subs.get_mut(&t) else {
+                        continue;
+                    };
                     let (version, all) = {
                         let s = this.shared.lock();
                         (s.version, s.resources.get(&t).cloned().unwrap_or_default())
@@ -367,15 +415,29 @@ impl AggregatedDiscoveryService for Ads {
                         let v = hash_version(any);
                         if sub.sent.get(name) != Some(&v) {
                             sub.sent.insert(name.clone(), v.clone());
-                            resources.push(Resource { name: name.clone(), version: v, resource: Some(any.clone()), ..Default::default() });
+                            resources.push(Resource {
+                                name: name.clone(),
+                                version: v,
+                                resource: Some(any.clone()),
+                                ..Default::default()
+                            });
                         }
                     }
-                    let gone: Vec<String> = sub.sent.keys().filter(|n| !all.contains_key(*n)).cloned().collect();
+                    let gone: Vec<String> = sub
+                        .sent
+                        .keys()
+                        .filter(|n| !all.contains_key(*n))
+                        .cloned()
+                        .collect();
                     for n in gone {
                         sub.sent.remove(&n);
                         removed.push(n);
                     }
-                    if resources.is_empty() && removed.is_empty() && !sub.names.is_empty() && !sub.wildcard {
+                    if resources.is_empty()
+                        && removed.is_empty()
+                        && !sub.names.is_empty()
+                        && !sub.wildcard
+                    {
                         // Nothing to say for a name subscription whose resources are unknown.
                         continue;
                     }

@@ -35,13 +35,18 @@ struct Resource {
 
 impl Resource {
     fn new(max: u32) -> Arc<Self> {
-        Arc::new(Resource { max: AtomicU32::new(max), current: AtomicU32::new(0) })
+        Arc::new(Resource {
+            max: AtomicU32::new(max),
+            current: AtomicU32::new(0),
+        })
     }
 
     fn try_acquire(self: &Arc<Self>) -> Option<Guard> {
         let max = self.max.load(Ordering::Relaxed);
         self.current
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| (c < max).then_some(c + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c < max).then_some(c + 1)
+            })
             .ok()
             .map(|_| Guard(self.clone()))
     }
@@ -70,8 +75,12 @@ impl CircuitBreakers {
 
     /// Applies new limits (a CDS update) without resetting what is in use.
     pub fn update(&self, t: &Thresholds) {
-        self.connections.max.store(t.max_connections, Ordering::Relaxed);
-        self.pending.max.store(t.max_pending_requests, Ordering::Relaxed);
+        self.connections
+            .max
+            .store(t.max_connections, Ordering::Relaxed);
+        self.pending
+            .max
+            .store(t.max_pending_requests, Ordering::Relaxed);
         self.requests.max.store(t.max_requests, Ordering::Relaxed);
         self.retries.max.store(t.max_retries, Ordering::Relaxed);
     }
@@ -100,7 +109,10 @@ impl CircuitBreakers {
             ResourceKind::Requests => &self.requests,
             ResourceKind::Retries => &self.retries,
         };
-        (r.current.load(Ordering::Relaxed), r.max.load(Ordering::Relaxed))
+        (
+            r.current.load(Ordering::Relaxed),
+            r.max.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -110,7 +122,12 @@ mod tests {
 
     #[test]
     fn limits_and_release() {
-        let cb = CircuitBreakers::new(&Thresholds { max_connections: 2, max_pending_requests: 0, max_requests: 1, max_retries: 3 });
+        let cb = CircuitBreakers::new(&Thresholds {
+            max_connections: 2,
+            max_pending_requests: 0,
+            max_requests: 1,
+            max_retries: 3,
+        });
         let a = cb.try_acquire_connection().unwrap();
         let _b = cb.try_acquire_connection().unwrap();
         assert!(cb.try_acquire_connection().is_none());
@@ -122,21 +139,34 @@ mod tests {
 
     #[test]
     fn update_keeps_usage() {
-        let cb = CircuitBreakers::new(&Thresholds { max_connections: 1, ..Thresholds::default() });
+        let cb = CircuitBreakers::new(&Thresholds {
+            max_connections: 1,
+            ..Thresholds::default()
+        });
         let _g = cb.try_acquire_connection().unwrap();
-        cb.update(&Thresholds { max_connections: 2, ..Thresholds::default() });
+        cb.update(&Thresholds {
+            max_connections: 2,
+            ..Thresholds::default()
+        });
         assert!(cb.try_acquire_connection().is_some());
         assert_eq!(cb.usage(ResourceKind::Connections).1, 2);
     }
 
     #[test]
     fn concurrent_acquire_never_exceeds_max() {
-        let cb = Arc::new(CircuitBreakers::new(&Thresholds { max_requests: 10, ..Thresholds::default() }));
+        let cb = Arc::new(CircuitBreakers::new(&Thresholds {
+            max_requests: 10,
+            ..Thresholds::default()
+        }));
         let held: Vec<_> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..8)
                 .map(|_| {
                     let cb = cb.clone();
-                    s.spawn(move || (0..10).filter_map(|_| cb.try_acquire_request()).collect::<Vec<_>>())
+                    s.spawn(move || {
+                        (0..10)
+                            .filter_map(|_| cb.try_acquire_request())
+                            .collect::<Vec<_>>()
+                    })
                 })
                 .collect();
             hs.into_iter().flat_map(|h| h.join().unwrap()).collect()

@@ -3,13 +3,7 @@
 //! hosts. ORIGINAL_DST clusters create hosts on demand; STRICT_DNS clusters re-resolve
 //! in a background task owned by the cluster.
 
-use std::{
-    collections::HashMap,
-    io,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -56,7 +50,9 @@ pub struct Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").field("name", &self.config.name).finish_non_exhaustive()
+        f.debug_struct("Cluster")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -72,7 +68,9 @@ impl Cluster {
     /// A cluster with no hosts yet (EDS fills them; STATIC/STRICT_DNS use the inline
     /// assignment; `previous` hosts are reused when unchanged).
     pub fn new(config: ClusterConfig, stats: &Stats, previous: Option<&Cluster>) -> Arc<Cluster> {
-        let labels = ClusterLabels { envoy_cluster_name: config.stat_name.clone() };
+        let labels = ClusterLabels {
+            envoy_cluster_name: config.stat_name.clone(),
+        };
         let cluster = Arc::new(Cluster {
             circuit_breakers: CircuitBreakers::new(&config.circuit_breakers.default),
             high_circuit_breakers: CircuitBreakers::new(&config.circuit_breakers.high),
@@ -91,10 +89,11 @@ impl Cluster {
             }
             Discovery::Eds { .. } => {
                 // Same EDS resource as before: keep the endpoints until EDS says otherwise.
-                if let Some(prev) = previous.filter(|p| p.config.eds_service_name() == cluster.config.eds_service_name()) {
-                    if let Some(la) = prev.assignment.load().as_ref().clone() {
-                        cluster.set_assignment(la, Some(prev));
-                    }
+                if let Some(prev) = previous
+                    .filter(|p| p.config.eds_service_name() == cluster.config.eds_service_name())
+                    && let Some(la) = prev.assignment.load().as_ref().clone()
+                {
+                    cluster.set_assignment(la, Some(prev));
                 }
             }
             Discovery::StrictDns { .. } => cluster.start_dns(),
@@ -137,7 +136,11 @@ impl Cluster {
 
     /// Picks a host for a request or connection.
     pub fn pick(&self, ctx: &LbContext<'_>) -> Option<Arc<Host>> {
-        if let Discovery::OriginalDst { upstream_port_override, .. } = &self.config.discovery {
+        if let Discovery::OriginalDst {
+            upstream_port_override,
+            ..
+        } = &self.config.discovery
+        {
             let mut dst = ctx.original_dst?;
             if let Some(port) = upstream_port_override {
                 dst.set_port(*port);
@@ -148,7 +151,12 @@ impl Cluster {
                 // (no pool user) are recreated on demand.
                 hosts.retain(|_, h| Arc::strong_count(h) > 1);
             }
-            return Some(hosts.entry(dst).or_insert_with(|| Arc::new(Host::new(dst))).clone());
+            return Some(
+                hosts
+                    .entry(dst)
+                    .or_insert_with(|| Arc::new(Host::new(dst)))
+                    .clone(),
+            );
         }
         let host = self.hosts.load().pick(ctx);
         if host.is_none() {
@@ -160,7 +168,12 @@ impl Cluster {
     /// Applies an endpoint assignment (EDS, or the inline one), reusing unchanged hosts.
     pub fn set_assignment(&self, la: ClusterLoadAssignment, previous: Option<&Cluster>) {
         let mut existing: HashMap<SocketAddr, Arc<Host>> = HashMap::new();
-        for h in self.hosts.load().hosts.iter().chain(previous.map(|p| p.hosts.load().hosts.clone()).unwrap_or_default().iter()) {
+        for h in self.hosts.load().hosts.iter().chain(
+            previous
+                .map(|p| p.hosts.load().hosts.clone())
+                .unwrap_or_default()
+                .iter(),
+        ) {
             existing.entry(h.addr).or_insert_with(|| h.clone());
         }
         let priorities = group_hosts(&la, &existing, |ep| match &ep.address {
@@ -175,7 +188,9 @@ impl Cluster {
     fn install(&self, priorities: Vec<Vec<LocalityGroup>>, overprovisioning_factor: u32) {
         let set = HostSet::build(&self.config, priorities, overprovisioning_factor);
         self.stats.membership_total.set(set.hosts.len() as i64);
-        self.stats.membership_healthy.set(set.healthy_count() as i64);
+        self.stats
+            .membership_healthy
+            .set(set.healthy_count() as i64);
         self.hosts.store(Arc::new(set));
     }
 
@@ -184,7 +199,9 @@ impl Cluster {
     pub async fn connect(&self, host: &Arc<Host>) -> Result<UpstreamConnection, ConnectError> {
         let Some(cb) = self.circuit_breakers.try_acquire_connection() else {
             self.stats.upstream_cx_overflow.inc();
-            return Err(ConnectError::Overflow { cluster: self.config.name.clone() });
+            return Err(ConnectError::Overflow {
+                cluster: self.config.name.clone(),
+            });
         };
         self.stats.upstream_cx_total.inc();
         let timeout = self.config.connect_timeout;
@@ -193,13 +210,19 @@ impl Cluster {
             Ok(Err(source)) => {
                 self.stats.upstream_cx_connect_fail.inc();
                 host.record_connect_failure();
-                return Err(ConnectError::Io { addr: host.addr, source });
+                return Err(ConnectError::Io {
+                    addr: host.addr,
+                    source,
+                });
             }
             Err(_) => {
                 self.stats.upstream_cx_connect_fail.inc();
                 self.stats.upstream_cx_connect_timeout.inc();
                 host.record_connect_failure();
-                return Err(ConnectError::Timeout { addr: host.addr, timeout });
+                return Err(ConnectError::Timeout {
+                    addr: host.addr,
+                    timeout,
+                });
             }
         };
         // Latency over throughput on the proxy hop, as Envoy does.
@@ -208,19 +231,32 @@ impl Cluster {
         Ok(UpstreamConnection {
             stream,
             host: host.clone(),
-            guard: ConnectionGuard { _cb: cb, _host: host.connection_guard(), active: self.stats.upstream_cx_active.clone() },
+            guard: ConnectionGuard {
+                _cb: cb,
+                _host: host.connection_guard(),
+                active: self.stats.upstream_cx_active.clone(),
+            },
         })
     }
 
     /// Picks a host and connects, trying other hosts on failure up to `attempts` in total.
-    pub async fn connect_any(&self, ctx: &LbContext<'_>, attempts: u32) -> Result<UpstreamConnection, ConnectError> {
+    pub async fn connect_any(
+        &self,
+        ctx: &LbContext<'_>,
+        attempts: u32,
+    ) -> Result<UpstreamConnection, ConnectError> {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last = None;
         for _ in 0..attempts.max(1) {
             let avoid: Vec<SocketAddr> = ctx.avoid.iter().chain(tried.iter()).copied().collect();
-            let lctx = LbContext { avoid: &avoid, ..*ctx };
+            let lctx = LbContext {
+                avoid: &avoid,
+                ..*ctx
+            };
             let Some(host) = self.pick(&lctx) else {
-                return Err(last.unwrap_or(ConnectError::NoHealthyHost { cluster: self.config.name.clone() }));
+                return Err(last.unwrap_or(ConnectError::NoHealthyHost {
+                    cluster: self.config.name.clone(),
+                }));
             };
             match self.connect(&host).await {
                 Ok(c) => return Ok(c),
@@ -231,12 +267,23 @@ impl Cluster {
                 }
             }
         }
-        Err(last.unwrap_or(ConnectError::NoHealthyHost { cluster: self.config.name.clone() }))
+        Err(last.unwrap_or(ConnectError::NoHealthyHost {
+            cluster: self.config.name.clone(),
+        }))
     }
 
     fn start_dns(self: &Arc<Self>) {
-        let Discovery::StrictDns { refresh_rate, family, .. } = self.config.discovery.clone() else { return };
-        let Some(la) = self.config.load_assignment.clone() else { return };
+        let Discovery::StrictDns {
+            refresh_rate,
+            family,
+            ..
+        } = self.config.discovery.clone()
+        else {
+            return;
+        };
+        let Some(la) = self.config.load_assignment.clone() else {
+            return;
+        };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(cluster = %self.config.name, "no runtime: STRICT_DNS cluster will not resolve");
             return;
@@ -245,10 +292,19 @@ impl Cluster {
         let task = rt.spawn(async move {
             loop {
                 let resolved = resolve_all(&la, family).await;
-                let Some(cluster) = weak.upgrade() else { return };
-                let existing: HashMap<SocketAddr, Arc<Host>> =
-                    cluster.hosts.load().hosts.iter().map(|h| (h.addr, h.clone())).collect();
-                let priorities = group_hosts(&la, &existing, |ep| resolved.get(&ep.address).cloned().unwrap_or_default());
+                let Some(cluster) = weak.upgrade() else {
+                    return;
+                };
+                let existing: HashMap<SocketAddr, Arc<Host>> = cluster
+                    .hosts
+                    .load()
+                    .hosts
+                    .iter()
+                    .map(|h| (h.addr, h.clone()))
+                    .collect();
+                let priorities = group_hosts(&la, &existing, |ep| {
+                    resolved.get(&ep.address).cloned().unwrap_or_default()
+                });
                 cluster.install(priorities, la.overprovisioning_factor);
                 cluster.assignment.store(Arc::new(Some(la.clone())));
                 drop(cluster);
@@ -259,21 +315,26 @@ impl Cluster {
     }
 }
 
-async fn resolve_all(la: &ClusterLoadAssignment, family: DnsFamily) -> HashMap<HostPort, Vec<SocketAddr>> {
+async fn resolve_all(
+    la: &ClusterLoadAssignment,
+    family: DnsFamily,
+) -> HashMap<HostPort, Vec<SocketAddr>> {
     let mut out = HashMap::new();
     for ep in la.localities.iter().flat_map(|l| l.endpoints.iter()) {
         let addrs = match &ep.address {
             HostPort::Ip(a) => vec![*a],
-            HostPort::Dns { host, port } => match tokio::net::lookup_host((host.as_str(), *port)).await {
-                Ok(it) => {
-                    let all: Vec<SocketAddr> = it.collect();
-                    filter_family(all, family)
+            HostPort::Dns { host, port } => {
+                match tokio::net::lookup_host((host.as_str(), *port)).await {
+                    Ok(it) => {
+                        let all: Vec<SocketAddr> = it.collect();
+                        filter_family(all, family)
+                    }
+                    Err(e) => {
+                        tracing::debug!(%host, error = %e, "dns resolution failed; keeping no hosts for it");
+                        Vec::new()
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!(%host, error = %e, "dns resolution failed; keeping no hosts for it");
-                    Vec::new()
-                }
-            },
+            }
         };
         out.insert(ep.address.clone(), addrs);
     }
@@ -286,8 +347,20 @@ fn filter_family(mut all: Vec<SocketAddr>, family: DnsFamily) -> Vec<SocketAddr>
     let mut pick = match family {
         DnsFamily::V4Only => v4,
         DnsFamily::V6Only => v6,
-        DnsFamily::Auto => if v6.is_empty() { v4 } else { v6 },
-        DnsFamily::V4Preferred => if v4.is_empty() { v6 } else { v4 },
+        DnsFamily::Auto => {
+            if v6.is_empty() {
+                v4
+            } else {
+                v6
+            }
+        }
+        DnsFamily::V4Preferred => {
+            if v4.is_empty() {
+                v6
+            } else {
+                v4
+            }
+        }
         DnsFamily::All => std::mem::take(&mut all),
     };
     pick.sort();
@@ -335,7 +408,11 @@ fn group_hosts(
                 hosts.push(host);
             }
         }
-        priorities[l.priority as usize].push(LocalityGroup { locality, weight: l.weight, hosts });
+        priorities[l.priority as usize].push(LocalityGroup {
+            locality,
+            weight: l.weight,
+            hosts,
+        });
     }
     priorities
 }

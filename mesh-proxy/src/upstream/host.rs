@@ -84,7 +84,14 @@ impl Host {
         health: HealthStatus,
         tls_mode: Option<Arc<str>>,
     ) -> Self {
-        let h = Host { hostname, locality, weight: weight.max(1), priority, tls_mode, ..Host::new(addr) };
+        let h = Host {
+            hostname,
+            locality,
+            weight: weight.max(1),
+            priority,
+            tls_mode,
+            ..Host::new(addr)
+        };
         h.set_health(health);
         h
     }
@@ -141,27 +148,39 @@ impl Host {
     }
 
     pub(crate) fn record_connect_failure(&self) {
-        self.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request in flight until the guard drops (least-request reads this).
     pub fn request_guard(&self) -> HostRequestGuard {
-        self.counters.active_requests.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .active_requests
+            .fetch_add(1, Ordering::Relaxed);
         self.counters.total_requests.fetch_add(1, Ordering::Relaxed);
         HostRequestGuard(self.counters.clone())
     }
 
     /// Counts an open connection until the guard drops.
     pub fn connection_guard(&self) -> HostConnectionGuard {
-        self.counters.active_connections.fetch_add(1, Ordering::Relaxed);
-        self.counters.total_connections.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .active_connections
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .total_connections
+            .fetch_add(1, Ordering::Relaxed);
         HostConnectionGuard(self.counters.clone())
     }
 
     /// The per-host extension slot (the HTTP connection pool lives here), created on
     /// first use. `None` if the slot already holds a different type.
     pub fn ext<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<Arc<T>> {
-        self.ext.get_or_init(|| Arc::new(init())).clone().downcast::<T>().ok()
+        self.ext
+            .get_or_init(|| Arc::new(init()))
+            .clone()
+            .downcast::<T>()
+            .ok()
     }
 }
 
@@ -209,7 +228,10 @@ mod tests {
         // A pooled connection (holding its guard) stored in the host's own ext slot.
         let _ = h.ext(move || std::sync::Mutex::new(Some(g)));
         drop(h);
-        assert!(weak.upgrade().is_none(), "no reference cycle through the ext slot");
+        assert!(
+            weak.upgrade().is_none(),
+            "no reference cycle through the ext slot"
+        );
     }
 
     #[test]

@@ -31,7 +31,10 @@ pub struct ClusterManager {
 
 impl ClusterManager {
     pub fn new(stats: Arc<Stats>) -> Self {
-        ClusterManager { clusters: ArcSwap::from_pointee(HashMap::new()), stats }
+        ClusterManager {
+            clusters: ArcSwap::from_pointee(HashMap::new()),
+            stats,
+        }
     }
 
     /// The active cluster called `name`.
@@ -71,7 +74,9 @@ impl ClusterManager {
         let mut removed = None;
         self.modify(|m| removed = m.remove(name));
         if let Some(c) = &removed {
-            self.stats.cluster.remove(&ClusterLabels { envoy_cluster_name: c.config().stat_name.clone() });
+            self.stats.cluster.remove(&ClusterLabels {
+                envoy_cluster_name: c.config().stat_name.clone(),
+            });
         }
         removed
     }

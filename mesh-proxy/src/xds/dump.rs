@@ -22,8 +22,16 @@ pub struct Stored {
 
 impl Stored {
     pub fn new(resource: Any, resource_version: &str, response_version: &str) -> Self {
-        let version = if resource_version.is_empty() { response_version } else { resource_version };
-        Stored { resource, version: version.to_string(), last_updated: SystemTime::now() }
+        let version = if resource_version.is_empty() {
+            response_version
+        } else {
+            resource_version
+        };
+        Stored {
+            resource,
+            version: version.to_string(),
+            last_updated: SystemTime::now(),
+        }
     }
 }
 
@@ -82,7 +90,11 @@ impl DumpState {
 
     /// Whether `resource` is byte-identical to the accepted version of `name`.
     pub fn same(&self, t: TypeUrl, name: &str, resource: &Any) -> bool {
-        self.types.lock().get(&t).and_then(|d| d.resources.get(name)).is_some_and(|s| s.resource == *resource)
+        self.types
+            .lock()
+            .get(&t)
+            .and_then(|d| d.resources.get(name))
+            .is_some_and(|s| s.resource == *resource)
     }
 
     pub fn set_version(&self, t: TypeUrl, version: &str, error: Option<String>) {
@@ -111,7 +123,12 @@ impl DumpState {
         self.types
             .lock()
             .get(&t)
-            .map(|d| d.resources.iter().map(|(n, s)| (n.clone(), s.version.clone())).collect())
+            .map(|d| {
+                d.resources
+                    .iter()
+                    .map(|(n, s)| (n.clone(), s.version.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

@@ -35,15 +35,23 @@ pub enum TypeUrl {
 }
 
 impl TypeUrl {
-    pub const ALL: [TypeUrl; 4] =
-        [TypeUrl::Cluster, TypeUrl::ClusterLoadAssignment, TypeUrl::Listener, TypeUrl::RouteConfiguration];
+    pub const ALL: [TypeUrl; 4] = [
+        TypeUrl::Cluster,
+        TypeUrl::ClusterLoadAssignment,
+        TypeUrl::Listener,
+        TypeUrl::RouteConfiguration,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             TypeUrl::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-            TypeUrl::ClusterLoadAssignment => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            TypeUrl::ClusterLoadAssignment => {
+                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+            }
             TypeUrl::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
-            TypeUrl::RouteConfiguration => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            TypeUrl::RouteConfiguration => {
+                "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+            }
         }
     }
 
@@ -62,7 +70,10 @@ pub enum XdsError {
     #[error("invalid xds address {address:?}: {message} (hint: use http://host:port)")]
     Address { address: String, message: String },
     #[error("cannot connect to the control plane at {address}: {source}")]
-    Connect { address: String, source: tonic::transport::Error },
+    Connect {
+        address: String,
+        source: tonic::transport::Error,
+    },
     #[error("xds stream failed: {0}")]
     Stream(#[from] tonic::Status),
     #[error("the control plane closed the xds stream")]
@@ -119,7 +130,9 @@ impl AdsClient {
             self.applier.stats().server.control_plane_connected.set(0);
             match result {
                 Ok(()) => return,
-                Err(e) => warn!(address = %self.cfg.address, error = %e, "xds stream ended; serving the last good config and reconnecting"),
+                Err(e) => {
+                    warn!(address = %self.cfg.address, error = %e, "xds stream ended; serving the last good config and reconnecting")
+                }
             }
             if progressed {
                 backoff = self.cfg.initial_backoff;

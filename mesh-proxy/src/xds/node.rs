@@ -23,13 +23,18 @@ impl NodeInfo {
             id: self.id.clone(),
             cluster: self.cluster.clone(),
             metadata: Some(to_struct(&self.metadata)),
-            locality: self.locality.as_ref().map(|(region, zone, sub_zone)| Locality {
-                region: region.clone(),
-                zone: zone.clone(),
-                sub_zone: sub_zone.clone(),
-            }),
+            locality: self
+                .locality
+                .as_ref()
+                .map(|(region, zone, sub_zone)| Locality {
+                    region: region.clone(),
+                    zone: zone.clone(),
+                    sub_zone: sub_zone.clone(),
+                }),
             user_agent_name: "mesh-proxy".into(),
-            user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(env!("CARGO_PKG_VERSION").into())),
+            user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
+                env!("CARGO_PKG_VERSION").into(),
+            )),
             client_features: vec![
                 "envoy.lb.does_not_support_overprovisioning".into(),
                 "xds.config.resource-in-sotw".into(),
@@ -40,7 +45,9 @@ impl NodeInfo {
 }
 
 pub(crate) fn to_struct(m: &serde_json::Map<String, serde_json::Value>) -> Struct {
-    Struct { fields: m.iter().map(|(k, v)| (k.clone(), to_value(v))).collect() }
+    Struct {
+        fields: m.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
+    }
 }
 
 fn to_value(v: &serde_json::Value) -> Value {
@@ -50,7 +57,9 @@ fn to_value(v: &serde_json::Value) -> Value {
         J::Bool(b) => Kind::BoolValue(*b),
         J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
         J::String(s) => Kind::StringValue(s.clone()),
-        J::Array(a) => Kind::ListValue(ListValue { values: a.iter().map(to_value).collect() }),
+        J::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(to_value).collect(),
+        }),
         J::Object(o) => Kind::StructValue(to_struct(o)),
     };
     Value { kind: Some(kind) }
@@ -65,10 +74,23 @@ mod tests {
         let mut metadata = serde_json::Map::new();
         metadata.insert("NAMESPACE".into(), "default".into());
         metadata.insert("LABELS".into(), serde_json::json!({"app": "reviews"}));
-        let n = NodeInfo { id: "sidecar~10.250.0.2~r.default~default.svc.cluster.local".into(), metadata, ..Default::default() }.to_proto();
+        let n = NodeInfo {
+            id: "sidecar~10.250.0.2~r.default~default.svc.cluster.local".into(),
+            metadata,
+            ..Default::default()
+        }
+        .to_proto();
         let md = n.metadata.unwrap();
-        assert_eq!(md.fields["NAMESPACE"].kind, Some(Kind::StringValue("default".into())));
-        let Some(Kind::StructValue(labels)) = &md.fields["LABELS"].kind else { panic!() };
-        assert_eq!(labels.fields["app"].kind, Some(Kind::StringValue("reviews".into())));
+        assert_eq!(
+            md.fields["NAMESPACE"].kind,
+            Some(Kind::StringValue("default".into()))
+        );
+        let Some(Kind::StructValue(labels)) = &md.fields["LABELS"].kind else {
+            panic!()
+        };
+        assert_eq!(
+            labels.fields["app"].kind,
+            Some(Kind::StringValue("reviews".into()))
+        );
     }
 }

@@ -8,8 +8,8 @@ use std::{
 
 use envoy_types::pb::{
     envoy::service::discovery::v3::{
-        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
-        aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+        Resource, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
     },
     google::rpc::Status,
 };
@@ -40,27 +40,48 @@ struct NameOnly {
 
 async fn connect(address: &str) -> Result<Channel, XdsError> {
     let endpoint = Endpoint::from_shared(address.to_string())
-        .map_err(|e| XdsError::Address { address: address.into(), message: e.to_string() })?
+        .map_err(|e| XdsError::Address {
+            address: address.into(),
+            message: e.to_string(),
+        })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
-    endpoint.connect().await.map_err(|source| XdsError::Connect { address: address.into(), source })
+    endpoint
+        .connect()
+        .await
+        .map_err(|source| XdsError::Connect {
+            address: address.into(),
+            source,
+        })
 }
 
 /// Runs one stream until it fails. `progressed` is set once a response was applied
 /// (so the caller resets its backoff).
-pub(super) async fn run(cfg: &XdsConfig, applier: &mut Applier, progressed: &mut bool) -> Result<(), XdsError> {
+pub(super) async fn run(
+    cfg: &XdsConfig,
+    applier: &mut Applier,
+    progressed: &mut bool,
+) -> Result<(), XdsError> {
     let channel = connect(&cfg.address).await?;
     let client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     info!(address = %cfg.address, delta = !cfg.sotw, "connected to the control plane");
-    if cfg.sotw { sotw(cfg, client, applier, progressed).await } else { delta(cfg, client, applier, progressed).await }
+    if cfg.sotw {
+        sotw(cfg, client, applier, progressed).await
+    } else {
+        delta(cfg, client, applier, progressed).await
+    }
 }
 
 fn nack(message: Option<String>) -> Option<Status> {
-    message.map(|message| Status { code: INVALID_ARGUMENT, message, details: vec![] })
+    message.map(|message| Status {
+        code: INVALID_ARGUMENT,
+        message,
+        details: vec![],
+    })
 }
 
 /// The order in which types are first requested on a fresh start (Envoy's).
@@ -72,7 +93,9 @@ struct Sequencer {
 impl Sequencer {
     fn new(applier: &Applier) -> Self {
         // On a reconnect we already have clusters: request everything at once.
-        Sequencer { lds_requested: applier.cds_initialized }
+        Sequencer {
+            lds_requested: applier.cds_initialized,
+        }
     }
 }
 
@@ -98,24 +121,32 @@ async fn delta(
         // anyway and the error surfaces on the response side.
         let _ = tx.try_send(req);
     };
-    let initial = |t: TypeUrl, applier: &Applier, subscribed: &mut HashMap<TypeUrl, BTreeSet<String>>| {
-        let names = applier.subscriptions(t).unwrap_or_default();
-        subscribed.insert(t, names.clone());
-        DeltaDiscoveryRequest {
-            type_url: t.as_str().into(),
-            // Empty subscribe list = legacy wildcard for CDS/LDS.
-            resource_names_subscribe: names.into_iter().collect(),
-            initial_resource_versions: applier.dump.versions(t),
-            ..Default::default()
-        }
-    };
+    let initial =
+        |t: TypeUrl, applier: &Applier, subscribed: &mut HashMap<TypeUrl, BTreeSet<String>>| {
+            let names = applier.subscriptions(t).unwrap_or_default();
+            subscribed.insert(t, names.clone());
+            DeltaDiscoveryRequest {
+                type_url: t.as_str().into(),
+                // Empty subscribe list = legacy wildcard for CDS/LDS.
+                resource_names_subscribe: names.into_iter().collect(),
+                initial_resource_versions: applier.dump.versions(t),
+                ..Default::default()
+            }
+        };
     send(initial(TypeUrl::Cluster, applier, &mut subscribed));
     if seq.lds_requested {
-        for t in [TypeUrl::ClusterLoadAssignment, TypeUrl::Listener, TypeUrl::RouteConfiguration] {
+        for t in [
+            TypeUrl::ClusterLoadAssignment,
+            TypeUrl::Listener,
+            TypeUrl::RouteConfiguration,
+        ] {
             send(initial(t, applier, &mut subscribed));
         }
     }
-    let mut inbound = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+    let mut inbound = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     applier.stats().server.control_plane_connected.set(1);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -140,7 +171,12 @@ async fn delta(
             if *have != want {
                 let subscribe: Vec<String> = want.difference(have).cloned().collect();
                 let unsubscribe: Vec<String> = have.difference(&want).cloned().collect();
-                debug!(type_url = t.as_str(), ?subscribe, ?unsubscribe, "updating subscriptions");
+                debug!(
+                    type_url = t.as_str(),
+                    ?subscribe,
+                    ?unsubscribe,
+                    "updating subscriptions"
+                );
                 *have = want;
                 send(DeltaDiscoveryRequest {
                     type_url: t.as_str().into(),
@@ -167,21 +203,34 @@ fn handle_delta(applier: &mut Applier, resp: DeltaDiscoveryResponse) -> DeltaDis
         ..Default::default()
     };
     let Some(t) = TypeUrl::parse(&resp.type_url) else {
-        return ack(Some(format!("unsupported resource type {:?}", resp.type_url)));
+        return ack(Some(format!(
+            "unsupported resource type {:?}",
+            resp.type_url
+        )));
     };
     let mut errors = Vec::new();
     let mut updates = Vec::with_capacity(resp.resources.len());
     for r in &resp.resources {
         match &r.resource {
-            Some(any) if any.type_url == t.as_str() => {
-                updates.push(Incoming { name: r.name.clone(), version: r.version.clone(), resource: any.clone() })
-            }
-            Some(any) => errors.push(format!("{:?}: resource type {:?} does not match {:?}", r.name, any.type_url, resp.type_url)),
+            Some(any) if any.type_url == t.as_str() => updates.push(Incoming {
+                name: r.name.clone(),
+                version: r.version.clone(),
+                resource: any.clone(),
+            }),
+            Some(any) => errors.push(format!(
+                "{:?}: resource type {:?} does not match {:?}",
+                r.name, any.type_url, resp.type_url
+            )),
             None => errors.push(format!("{:?}: resource has no body", r.name)),
         }
     }
     debug!(type_url = t.as_str(), n = updates.len(), removed = resp.removed_resources.len(), nonce = %resp.nonce, "delta response");
-    let outcome = applier.apply(t, &resp.system_version_info, updates, resp.removed_resources.clone());
+    let outcome = applier.apply(
+        t,
+        &resp.system_version_info,
+        updates,
+        resp.removed_resources.clone(),
+    );
     errors.extend(outcome.errors);
     ack((!errors.is_empty()).then(|| errors.join("; ")))
 }
@@ -227,11 +276,18 @@ async fn sotw(
     };
     send(initial(TypeUrl::Cluster, applier, &mut types));
     if seq.lds_requested {
-        for t in [TypeUrl::ClusterLoadAssignment, TypeUrl::Listener, TypeUrl::RouteConfiguration] {
+        for t in [
+            TypeUrl::ClusterLoadAssignment,
+            TypeUrl::Listener,
+            TypeUrl::RouteConfiguration,
+        ] {
             send(initial(t, applier, &mut types));
         }
     }
-    let mut inbound = client.stream_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+    let mut inbound = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     applier.stats().server.control_plane_connected.set(1);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -273,12 +329,19 @@ async fn sotw(
     }
 }
 
-fn handle_sotw(applier: &mut Applier, types: &mut HashMap<TypeUrl, SotwType>, resp: DiscoveryResponse) -> DiscoveryRequest {
+fn handle_sotw(
+    applier: &mut Applier,
+    types: &mut HashMap<TypeUrl, SotwType>,
+    resp: DiscoveryResponse,
+) -> DiscoveryRequest {
     let Some(t) = TypeUrl::parse(&resp.type_url) else {
         return DiscoveryRequest {
             type_url: resp.type_url.clone(),
             response_nonce: resp.nonce.clone(),
-            error_detail: nack(Some(format!("unsupported resource type {:?}", resp.type_url))),
+            error_detail: nack(Some(format!(
+                "unsupported resource type {:?}",
+                resp.type_url
+            ))),
             ..Default::default()
         };
     };
@@ -287,9 +350,14 @@ fn handle_sotw(applier: &mut Applier, types: &mut HashMap<TypeUrl, SotwType>, re
     for (i, any) in resp.resources.iter().enumerate() {
         let any = if any.type_url == RESOURCE_WRAPPER {
             match Resource::decode(any.value.as_slice()) {
-                Ok(Resource { resource: Some(inner), .. }) => inner,
+                Ok(Resource {
+                    resource: Some(inner),
+                    ..
+                }) => inner,
                 _ => {
-                    errors.push(format!("resources[{i}]: cannot decode the Resource wrapper"));
+                    errors.push(format!(
+                        "resources[{i}]: cannot decode the Resource wrapper"
+                    ));
                     continue;
                 }
             }
@@ -297,18 +365,29 @@ fn handle_sotw(applier: &mut Applier, types: &mut HashMap<TypeUrl, SotwType>, re
             any.clone()
         };
         if any.type_url != t.as_str() {
-            errors.push(format!("resources[{i}]: type {:?} does not match {:?}", any.type_url, resp.type_url));
+            errors.push(format!(
+                "resources[{i}]: type {:?} does not match {:?}",
+                any.type_url, resp.type_url
+            ));
             continue;
         }
         match NameOnly::decode(any.value.as_slice()) {
-            Ok(n) if !n.name.is_empty() => updates.push(Incoming { name: n.name, version: String::new(), resource: any }),
+            Ok(n) if !n.name.is_empty() => updates.push(Incoming {
+                name: n.name,
+                version: String::new(),
+                resource: any,
+            }),
             _ => errors.push(format!("resources[{i}]: resource has no name")),
         }
     }
     let st = types.entry(t).or_default();
     let removed: Vec<String> = if t.is_wildcard() {
         let present: BTreeSet<&str> = updates.iter().map(|u| u.name.as_str()).collect();
-        st.known.iter().filter(|n| !present.contains(n.as_str())).cloned().collect()
+        st.known
+            .iter()
+            .filter(|n| !present.contains(n.as_str()))
+            .cloned()
+            .collect()
     } else {
         Vec::new()
     };

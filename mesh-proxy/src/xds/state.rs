@@ -16,7 +16,9 @@ use std::{
 };
 
 use envoy_types::pb::{
-    envoy::config::{cluster::v3 as cpb, endpoint::v3 as epb, listener::v3 as lpb, route::v3 as rpb},
+    envoy::config::{
+        cluster::v3 as cpb, endpoint::v3 as epb, listener::v3 as lpb, route::v3 as rpb,
+    },
     google::protobuf::Any,
 };
 use prost::Message;
@@ -29,11 +31,8 @@ use super::{
 };
 use crate::{
     config::{
-        ConfigError, Store,
-        cluster::Cluster as ClusterConfig,
-        endpoint::ClusterLoadAssignment,
-        listener::Listener,
-        route::RouteConfiguration,
+        ConfigError, Store, cluster::Cluster as ClusterConfig, endpoint::ClusterLoadAssignment,
+        listener::Listener, route::RouteConfiguration,
     },
     listener::Manager,
     stats::{Stats, XdsLabels},
@@ -121,8 +120,16 @@ impl Applier {
 
     /// Applies one response. `removed` are resources to delete (delta removals, or SotW
     /// CDS/LDS resources absent from the full state).
-    pub fn apply(&mut self, type_url: TypeUrl, version: &str, updates: Vec<Incoming>, removed: Vec<String>) -> Outcome {
-        let labels = XdsLabels { type_url: type_url.as_str().to_string() };
+    pub fn apply(
+        &mut self,
+        type_url: TypeUrl,
+        version: &str,
+        updates: Vec<Incoming>,
+        removed: Vec<String>,
+    ) -> Outcome {
+        let labels = XdsLabels {
+            type_url: type_url.as_str().to_string(),
+        };
         self.stats.xds.update_attempt.get_or_create(&labels).inc();
         let outcome = match type_url {
             TypeUrl::Cluster => self.apply_clusters(version, updates, removed),
@@ -136,7 +143,8 @@ impl Applier {
             self.stats.xds.update_rejected.get_or_create(&labels).inc();
             warn!(type_url = type_url.as_str(), errors = ?outcome.errors, "rejecting xDS update (NACK); keeping the last good config");
         }
-        self.dump.set_version(type_url, version, outcome.nack_message());
+        self.dump
+            .set_version(type_url, version, outcome.nack_message());
         self.update_readiness();
         outcome
     }
@@ -161,7 +169,11 @@ impl Applier {
             }
             TypeUrl::RouteConfiguration => {
                 let mut names = BTreeSet::new();
-                for l in self.active_listeners.values().chain(self.warming_listeners.values().map(|w| &w.value)) {
+                for l in self
+                    .active_listeners
+                    .values()
+                    .chain(self.warming_listeners.values().map(|w| &w.value))
+                {
                     names.extend(l.rds_names.iter().map(|n| n.to_string()));
                 }
                 Some(names)
@@ -211,8 +223,14 @@ impl Applier {
     }
 
     fn update_stats(&self) {
-        self.stats.server.warming_clusters.set(self.warming_clusters.len() as i64);
-        self.stats.server.total_listeners_warming.set(self.warming_listeners.len() as i64);
+        self.stats
+            .server
+            .warming_clusters
+            .set(self.warming_clusters.len() as i64);
+        self.stats
+            .server
+            .total_listeners_warming
+            .set(self.warming_listeners.len() as i64);
     }
 
     fn update_readiness(&self) {
@@ -235,7 +253,12 @@ impl Applier {
 
     // === clusters ===
 
-    fn apply_clusters(&mut self, version: &str, updates: Vec<Incoming>, removed: Vec<String>) -> Outcome {
+    fn apply_clusters(
+        &mut self,
+        version: &str,
+        updates: Vec<Incoming>,
+        removed: Vec<String>,
+    ) -> Outcome {
         let mut out = Outcome::default();
         for name in removed {
             if self.cluster_names.remove(&name) {
@@ -255,25 +278,39 @@ impl Applier {
             let cfg = match decoded {
                 Ok(c) => c,
                 Err(e) => {
-                    out.errors.push(format!("Cluster {}", describe(&inc.name, &e)));
-                    self.dump.reject(TypeUrl::Cluster, &inc.name, &inc.resource, version, &e.to_string());
+                    out.errors
+                        .push(format!("Cluster {}", describe(&inc.name, &e)));
+                    self.dump.reject(
+                        TypeUrl::Cluster,
+                        &inc.name,
+                        &inc.resource,
+                        version,
+                        &e.to_string(),
+                    );
                     continue;
                 }
             };
-            self.dump.accept(TypeUrl::Cluster, &inc.name, Stored::new(inc.resource.clone(), &inc.version, version));
-            if self.clusters.get(&cfg.name).is_some_and(|c| c.config() == &cfg) {
+            self.dump.accept(
+                TypeUrl::Cluster,
+                &inc.name,
+                Stored::new(inc.resource.clone(), &inc.version, version),
+            );
+            if self
+                .clusters
+                .get(&cfg.name)
+                .is_some_and(|c| c.config() == &cfg)
+            {
                 // Unchanged (SotW resends everything): keep the live cluster and its state.
                 self.cluster_names.insert(cfg.name.clone());
                 continue;
             }
             let name = cfg.name.clone();
             let cluster = self.clusters.prepare(cfg);
-            if let Some(service) = cluster.config().eds_service_name() {
-                if !cluster.has_assignment() {
-                    if let Some(la) = self.endpoints.get(service) {
-                        cluster.set_assignment(ClusterLoadAssignment::clone(la), None);
-                    }
-                }
+            if let Some(service) = cluster.config().eds_service_name()
+                && !cluster.has_assignment()
+                && let Some(la) = self.endpoints.get(service)
+            {
+                cluster.set_assignment(ClusterLoadAssignment::clone(la), None);
             }
             self.cluster_names.insert(name.clone());
             if cluster.has_assignment() {
@@ -282,7 +319,13 @@ impl Applier {
                 debug!(cluster = %name, "cluster active");
             } else {
                 debug!(cluster = %name, "cluster warming (waiting for endpoints)");
-                self.warming_clusters.insert(name, Warming { value: cluster, since: Instant::now() });
+                self.warming_clusters.insert(
+                    name,
+                    Warming {
+                        value: cluster,
+                        since: Instant::now(),
+                    },
+                );
             }
         }
         self.cds_initialized = true;
@@ -297,7 +340,12 @@ impl Applier {
         }
     }
 
-    fn apply_endpoints(&mut self, version: &str, updates: Vec<Incoming>, removed: Vec<String>) -> Outcome {
+    fn apply_endpoints(
+        &mut self,
+        version: &str,
+        updates: Vec<Incoming>,
+        removed: Vec<String>,
+    ) -> Outcome {
         let mut out = Outcome::default();
         for name in removed {
             self.endpoints.remove(&name);
@@ -307,7 +355,9 @@ impl Applier {
         }
         for inc in updates {
             let decoded = epb::ClusterLoadAssignment::decode(inc.resource.value.as_slice())
-                .map_err(|e| ConfigError::field("", format!("cannot decode ClusterLoadAssignment: {e}")))
+                .map_err(|e| {
+                    ConfigError::field("", format!("cannot decode ClusterLoadAssignment: {e}"))
+                })
                 .and_then(|pb| {
                     check_name(&inc.name, &pb.cluster_name)?;
                     ClusterLoadAssignment::try_from(&pb)
@@ -315,12 +365,23 @@ impl Applier {
             let la = match decoded {
                 Ok(la) => Arc::new(la),
                 Err(e) => {
-                    out.errors.push(format!("ClusterLoadAssignment {}", describe(&inc.name, &e)));
-                    self.dump.reject(TypeUrl::ClusterLoadAssignment, &inc.name, &inc.resource, version, &e.to_string());
+                    out.errors
+                        .push(format!("ClusterLoadAssignment {}", describe(&inc.name, &e)));
+                    self.dump.reject(
+                        TypeUrl::ClusterLoadAssignment,
+                        &inc.name,
+                        &inc.resource,
+                        version,
+                        &e.to_string(),
+                    );
                     continue;
                 }
             };
-            self.dump.accept(TypeUrl::ClusterLoadAssignment, &inc.name, Stored::new(inc.resource.clone(), &inc.version, version));
+            self.dump.accept(
+                TypeUrl::ClusterLoadAssignment,
+                &inc.name,
+                Stored::new(inc.resource.clone(), &inc.version, version),
+            );
             let name = inc.name.clone();
             self.clusters.set_endpoints(&name, &la);
             let promote: Vec<String> = self
@@ -331,7 +392,8 @@ impl Applier {
                 .collect();
             for n in promote {
                 if let Some(w) = self.warming_clusters.remove(&n) {
-                    w.value.set_assignment(ClusterLoadAssignment::clone(&la), None);
+                    w.value
+                        .set_assignment(ClusterLoadAssignment::clone(&la), None);
                     self.clusters.activate(w.value);
                     debug!(cluster = %n, "cluster warmed");
                 }
@@ -344,7 +406,12 @@ impl Applier {
 
     // === listeners ===
 
-    fn apply_listeners(&mut self, version: &str, updates: Vec<Incoming>, removed: Vec<String>) -> Outcome {
+    fn apply_listeners(
+        &mut self,
+        version: &str,
+        updates: Vec<Incoming>,
+        removed: Vec<String>,
+    ) -> Outcome {
         let mut out = Outcome::default();
         let mut next = self.active_listeners.clone();
         for name in &removed {
@@ -363,12 +430,21 @@ impl Applier {
             let l = match decoded {
                 Ok(l) => Arc::new(l),
                 Err(e) => {
-                    out.errors.push(format!("Listener {}", describe(&inc.name, &e)));
-                    self.dump.reject(TypeUrl::Listener, &inc.name, &inc.resource, version, &e.to_string());
+                    out.errors
+                        .push(format!("Listener {}", describe(&inc.name, &e)));
+                    self.dump.reject(
+                        TypeUrl::Listener,
+                        &inc.name,
+                        &inc.resource,
+                        version,
+                        &e.to_string(),
+                    );
                     continue;
                 }
             };
-            if self.dump.same(TypeUrl::Listener, &inc.name, &inc.resource) && next.contains_key(&inc.name) {
+            if self.dump.same(TypeUrl::Listener, &inc.name, &inc.resource)
+                && next.contains_key(&inc.name)
+            {
                 continue; // unchanged (SotW resend)
             }
             raw.insert(inc.name.clone(), (inc.resource, inc.version));
@@ -377,16 +453,24 @@ impl Applier {
                 next.insert(inc.name.clone(), l);
             } else {
                 debug!(listener = %inc.name, "listener warming (waiting for routes)");
-                self.warming_listeners.insert(inc.name.clone(), Warming { value: l, since: Instant::now() });
+                self.warming_listeners.insert(
+                    inc.name.clone(),
+                    Warming {
+                        value: l,
+                        since: Instant::now(),
+                    },
+                );
             }
         }
         let bind_errors = self.commit_listeners(next);
         for e in &bind_errors {
             raw.remove(&e.resource);
-            out.errors.push(format!("Listener {}", describe(&e.resource, e)));
+            out.errors
+                .push(format!("Listener {}", describe(&e.resource, e)));
         }
         for (name, (any, v)) in raw {
-            self.dump.accept(TypeUrl::Listener, &name, Stored::new(any, &v, version));
+            self.dump
+                .accept(TypeUrl::Listener, &name, Stored::new(any, &v, version));
         }
         self.lds_initialized = true;
         self.prune_routes();
@@ -429,7 +513,12 @@ impl Applier {
         }
     }
 
-    fn apply_routes(&mut self, version: &str, updates: Vec<Incoming>, removed: Vec<String>) -> Outcome {
+    fn apply_routes(
+        &mut self,
+        version: &str,
+        updates: Vec<Incoming>,
+        removed: Vec<String>,
+    ) -> Outcome {
         let mut out = Outcome::default();
         for name in &removed {
             self.routes.remove(name);
@@ -437,19 +526,32 @@ impl Applier {
         }
         for inc in updates {
             let decoded = rpb::RouteConfiguration::decode(inc.resource.value.as_slice())
-                .map_err(|e| ConfigError::field("", format!("cannot decode RouteConfiguration: {e}")))
+                .map_err(|e| {
+                    ConfigError::field("", format!("cannot decode RouteConfiguration: {e}"))
+                })
                 .and_then(|pb| {
                     check_name(&inc.name, &pb.name)?;
                     RouteConfiguration::try_from(&pb)
                 });
             match decoded {
                 Ok(r) => {
-                    self.dump.accept(TypeUrl::RouteConfiguration, &inc.name, Stored::new(inc.resource.clone(), &inc.version, version));
+                    self.dump.accept(
+                        TypeUrl::RouteConfiguration,
+                        &inc.name,
+                        Stored::new(inc.resource.clone(), &inc.version, version),
+                    );
                     self.routes.insert(inc.name.clone(), Arc::new(r));
                 }
                 Err(e) => {
-                    out.errors.push(format!("RouteConfiguration {}", describe(&inc.name, &e)));
-                    self.dump.reject(TypeUrl::RouteConfiguration, &inc.name, &inc.resource, version, &e.to_string());
+                    out.errors
+                        .push(format!("RouteConfiguration {}", describe(&inc.name, &e)));
+                    self.dump.reject(
+                        TypeUrl::RouteConfiguration,
+                        &inc.name,
+                        &inc.resource,
+                        version,
+                        &e.to_string(),
+                    );
                 }
             }
         }
@@ -459,7 +561,12 @@ impl Applier {
         let ready: Vec<String> = self
             .warming_listeners
             .iter()
-            .filter(|(_, w)| w.value.rds_names.iter().all(|r| self.routes.contains_key(&**r)))
+            .filter(|(_, w)| {
+                w.value
+                    .rds_names
+                    .iter()
+                    .all(|r| self.routes.contains_key(&**r))
+            })
             .map(|(n, _)| n.clone())
             .collect();
         if !ready.is_empty() {
@@ -471,7 +578,8 @@ impl Applier {
                 }
             }
             for e in self.commit_listeners(next) {
-                out.errors.push(format!("Listener {}", describe(&e.resource, &e)));
+                out.errors
+                    .push(format!("Listener {}", describe(&e.resource, &e)));
             }
         }
         self.update_stats();
@@ -484,21 +592,31 @@ impl Applier {
 
     /// Names of the active and warming listeners / clusters (for the config dump).
     pub fn warming_names(&self) -> (Vec<String>, Vec<String>) {
-        (self.warming_clusters.keys().cloned().collect(), self.warming_listeners.keys().cloned().collect())
+        (
+            self.warming_clusters.keys().cloned().collect(),
+            self.warming_listeners.keys().cloned().collect(),
+        )
     }
 }
 
 /// The resource name in the response wrapper must match the one inside.
 fn check_name(outer: &str, inner: &str) -> Result<(), ConfigError> {
     if !outer.is_empty() && outer != inner {
-        return Err(ConfigError::field("name", format!("resource is named {inner:?} but was sent as {outer:?}")));
+        return Err(ConfigError::field(
+            "name",
+            format!("resource is named {inner:?} but was sent as {outer:?}"),
+        ));
     }
     Ok(())
 }
 
 /// `"name": field: message` for the NACK detail (Envoy's form is similar).
 fn describe(name: &str, e: &ConfigError) -> String {
-    let resource = if e.resource.is_empty() { name } else { &e.resource };
+    let resource = if e.resource.is_empty() {
+        name
+    } else {
+        &e.resource
+    };
     if e.field.is_empty() {
         format!("{resource:?}: {}", e.message)
     } else {

@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: a whole proxy in-process against the test
 //! ADS server, tagged TCP echo upstreams, and Envoy-JSON resource builders.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -23,7 +23,11 @@ pub const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigurat
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub fn node() -> NodeInfo {
-    NodeInfo { id: "sidecar~127.0.0.1~test.default~default.svc.cluster.local".into(), cluster: "test.default".into(), ..Default::default() }
+    NodeInfo {
+        id: "sidecar~127.0.0.1~test.default~default.svc.cluster.local".into(),
+        cluster: "test.default".into(),
+        ..Default::default()
+    }
 }
 
 pub async fn start_proxy(xds: &XdsServer, sotw: bool) -> Proxy {
@@ -56,7 +60,9 @@ pub async fn echo(tag: &str) -> Echo {
     let tag = format!("{tag}\n");
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             let tag = tag.clone();
             tokio::spawn(async move {
                 if s.write_all(tag.as_bytes()).await.is_err() {
@@ -77,18 +83,29 @@ pub async fn echo(tag: &str) -> Echo {
             });
         }
     });
-    Echo { addr, tag: name, task }
+    Echo {
+        addr,
+        tag: name,
+        task,
+    }
 }
 
 /// Connects and reads the upstream's greeting line (which upstream we reached).
 pub async fn greet(addr: SocketAddr) -> std::io::Result<(TcpStream, String)> {
-    let mut c = tokio::time::timeout(WAIT, TcpStream::connect(addr)).await.map_err(std::io::Error::other)??;
+    let mut c = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .map_err(std::io::Error::other)??;
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     loop {
-        let n = tokio::time::timeout(WAIT, c.read(&mut b)).await.map_err(std::io::Error::other)??;
+        let n = tokio::time::timeout(WAIT, c.read(&mut b))
+            .await
+            .map_err(std::io::Error::other)??;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before greeting"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before greeting",
+            ));
         }
         if b[0] == b'\n' {
             break;
@@ -102,7 +119,9 @@ pub async fn greet(addr: SocketAddr) -> std::io::Result<(TcpStream, String)> {
 pub async fn roundtrip(c: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     c.write_all(msg).await?;
     let mut out = vec![0u8; msg.len()];
-    tokio::time::timeout(WAIT, c.read_exact(&mut out)).await.map_err(std::io::Error::other)??;
+    tokio::time::timeout(WAIT, c.read_exact(&mut out))
+        .await
+        .map_err(std::io::Error::other)??;
     Ok(out)
 }
 
@@ -158,11 +177,18 @@ pub fn set(xds: &XdsServer, type_url: &str, resources: Vec<Value>) {
 
 /// A free localhost port (bound then released; the tests bind it right after).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until `f` returns `Some` (polling), or panics after `WAIT` with `what`.
-pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> F) -> T {
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Some(v) = f().await {
@@ -177,5 +203,7 @@ pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &st
 
 /// Number of open file descriptors of this process.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }

@@ -29,9 +29,18 @@ fn istio_outbound_eds_cluster() {
         "metadata": {"filterMetadata": {"istio": {"services": [{"name": "reviews"}]}}}
     }))
     .unwrap();
-    assert_eq!(c.eds_service_name(), Some("outbound|80||reviews.default.svc.cluster.local"));
+    assert_eq!(
+        c.eds_service_name(),
+        Some("outbound|80||reviews.default.svc.cluster.local")
+    );
     assert_eq!(c.connect_timeout, Duration::from_secs(10));
-    assert_eq!(c.lb, LbPolicy::LeastRequest { choice_count: 2, active_request_bias: 1.0 });
+    assert_eq!(
+        c.lb,
+        LbPolicy::LeastRequest {
+            choice_count: 2,
+            active_request_bias: 1.0
+        }
+    );
     assert!(c.locality_weighted);
     assert_eq!(c.circuit_breakers.default.max_connections, u32::MAX);
     assert_eq!(c.circuit_breakers.high, Thresholds::default());
@@ -41,7 +50,10 @@ fn istio_outbound_eds_cluster() {
 
 #[test]
 fn eds_service_name_defaults_to_cluster_name() {
-    let c = cluster(json!({"name": "c1", "type": "EDS", "edsClusterConfig": {"edsConfig": {"ads": {}}}})).unwrap();
+    let c = cluster(
+        json!({"name": "c1", "type": "EDS", "edsClusterConfig": {"edsConfig": {"ads": {}}}}),
+    )
+    .unwrap();
     assert_eq!(c.eds_service_name(), Some("c1"));
 }
 
@@ -54,7 +66,14 @@ fn static_cluster_with_ring_hash() {
             {"endpoint": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 8080}}}}]}]}
     }))
     .unwrap();
-    assert_eq!(c.lb, LbPolicy::RingHash { min_ring_size: 64, max_ring_size: 128, use_hostname: false });
+    assert_eq!(
+        c.lb,
+        LbPolicy::RingHash {
+            min_ring_size: 64,
+            max_ring_size: 128,
+            use_hostname: false
+        }
+    );
     assert_eq!(c.load_assignment.unwrap().localities[0].endpoints.len(), 1);
 }
 
@@ -67,7 +86,10 @@ fn static_cluster_rejects_dns_names() {
     }))
     .unwrap_err();
     assert_eq!(e.resource, "s");
-    assert_eq!(e.field, "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address");
+    assert_eq!(
+        e.field,
+        "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address"
+    );
 }
 
 #[test]
@@ -80,31 +102,49 @@ fn strict_dns_accepts_names() {
     .unwrap();
     assert_eq!(
         c.discovery,
-        Discovery::StrictDns { refresh_rate: Duration::from_secs(2), respect_dns_ttl: false, family: DnsFamily::V4Only }
+        Discovery::StrictDns {
+            refresh_rate: Duration::from_secs(2),
+            respect_dns_ttl: false,
+            family: DnsFamily::V4Only
+        }
     );
 }
 
 #[test]
 fn original_dst_needs_cluster_provided() {
     let c = cluster(json!({"name": "PassthroughCluster", "type": "ORIGINAL_DST", "lbPolicy": "CLUSTER_PROVIDED"})).unwrap();
-    assert!(matches!(c.discovery, Discovery::OriginalDst { use_http_header: false, .. }));
+    assert!(matches!(
+        c.discovery,
+        Discovery::OriginalDst {
+            use_http_header: false,
+            ..
+        }
+    ));
     let e = cluster(json!({"name": "p", "type": "ORIGINAL_DST"})).unwrap_err();
     assert_eq!(e.field, "lb_policy");
 }
 
 #[test]
 fn unsupported_fields_are_named() {
-    let e = cluster(json!({"name": "o", "type": "EDS", "outlierDetection": {"consecutive5xx": 3}})).unwrap_err();
-    assert_eq!((e.resource.as_str(), e.field.as_str()), ("o", "outlier_detection"));
-    let e = cluster(json!({"name": "h", "type": "EDS", "healthChecks": [{"timeout": "1s", "interval": "1s",
-        "unhealthyThreshold": 1, "healthyThreshold": 1, "tcpHealthCheck": {}}]}))
+    let e = cluster(json!({"name": "o", "type": "EDS", "outlierDetection": {"consecutive5xx": 3}}))
+        .unwrap_err();
+    assert_eq!(
+        (e.resource.as_str(), e.field.as_str()),
+        ("o", "outlier_detection")
+    );
+    let e = cluster(
+        json!({"name": "h", "type": "EDS", "healthChecks": [{"timeout": "1s", "interval": "1s",
+        "unhealthyThreshold": 1, "healthyThreshold": 1, "tcpHealthCheck": {}}]}),
+    )
     .unwrap_err();
     assert_eq!(e.field, "health_checks");
     let e = cluster(json!({"name": "t", "type": "EDS", "transportSocket": {"name": "envoy.transport_sockets.tls",
         "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}}}))
     .unwrap_err();
     assert_eq!(e.field, "transport_socket");
-    let e = cluster(json!({"name": "z", "type": "EDS", "commonLbConfig": {"zoneAwareLbConfig": {}}})).unwrap_err();
+    let e =
+        cluster(json!({"name": "z", "type": "EDS", "commonLbConfig": {"zoneAwareLbConfig": {}}}))
+            .unwrap_err();
     assert_eq!(e.field, "common_lb_config.zone_aware_lb_config");
 }
 
@@ -114,7 +154,13 @@ fn maglev_table_must_be_prime() {
         .unwrap_err();
     assert_eq!(e.field, "maglev_lb_config.table_size");
     let c = cluster(json!({"name": "m", "type": "EDS", "lbPolicy": "MAGLEV", "maglevLbConfig": {"tableSize": "251"}})).unwrap();
-    assert_eq!(c.lb, LbPolicy::Maglev { table_size: 251, use_hostname: false });
+    assert_eq!(
+        c.lb,
+        LbPolicy::Maglev {
+            table_size: 251,
+            use_hostname: false
+        }
+    );
 }
 
 #[test]
@@ -130,6 +176,12 @@ fn typed_load_balancing_policy_takes_first_supported() {
         ]}
     }))
     .unwrap();
-    assert_eq!(c.lb, LbPolicy::LeastRequest { choice_count: 3, active_request_bias: 1.0 });
+    assert_eq!(
+        c.lb,
+        LbPolicy::LeastRequest {
+            choice_count: 3,
+            active_request_bias: 1.0
+        }
+    );
     assert!(c.locality_weighted);
 }

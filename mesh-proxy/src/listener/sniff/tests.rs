@@ -49,7 +49,10 @@ fn parses_sni_and_alpn() {
     let b = client_hello_bytes(Some("Reviews.Default.svc"), &["h2", "http/1.1"]);
     assert_eq!(
         client_hello(&b),
-        Verdict::Yes(ClientHello { server_name: Some("reviews.default.svc".into()), alpn: vec!["h2".into(), "http/1.1".into()] })
+        Verdict::Yes(ClientHello {
+            server_name: Some("reviews.default.svc".into()),
+            alpn: vec!["h2".into(), "http/1.1".into()]
+        })
     );
     // Every strict prefix asks for more.
     for n in 1..b.len() {
@@ -68,7 +71,13 @@ fn fragmented_over_two_records() {
     two.extend_from_slice(&[0x16, 3, 1]);
     two.extend_from_slice(&(y.len() as u16).to_be_bytes());
     two.extend_from_slice(y);
-    assert_eq!(client_hello(&two), Verdict::Yes(ClientHello { server_name: Some("a.example".into()), alpn: vec![] }));
+    assert_eq!(
+        client_hello(&two),
+        Verdict::Yes(ClientHello {
+            server_name: Some("a.example".into()),
+            alpn: vec![]
+        })
+    );
 }
 
 #[test]
@@ -79,8 +88,14 @@ fn not_tls() {
 
 #[test]
 fn http_detection() {
-    assert_eq!(http_protocol(b"GET /x HTTP/1.1\r\nHost: a\r\n"), Verdict::Yes("http/1.1"));
-    assert_eq!(http_protocol(b"POST / HTTP/1.0\r\n"), Verdict::Yes("http/1.0"));
+    assert_eq!(
+        http_protocol(b"GET /x HTTP/1.1\r\nHost: a\r\n"),
+        Verdict::Yes("http/1.1")
+    );
+    assert_eq!(
+        http_protocol(b"POST / HTTP/1.0\r\n"),
+        Verdict::Yes("http/1.0")
+    );
     assert_eq!(http_protocol(b"GET /x HT"), Verdict::NeedMore);
     assert_eq!(http_protocol(b"GE"), Verdict::NeedMore);
     assert_eq!(http_protocol(H2_PREFACE), Verdict::Yes("h2c"));
@@ -109,7 +124,16 @@ async fn sniff_reads_until_decided_and_keeps_bytes() {
     let (mut s, _) = l.accept().await.unwrap();
     let mut buf = BytesMut::new();
     let mut out = Sniffed::default();
-    sniff(&mut s, &mut buf, true, true, Some(Duration::from_secs(5)), &mut out).await.unwrap();
+    sniff(
+        &mut s,
+        &mut buf,
+        true,
+        true,
+        Some(Duration::from_secs(5)),
+        &mut out,
+    )
+    .await
+    .unwrap();
     assert_eq!(out.transport_protocol, TransportProtocol::Tls);
     assert_eq!(out.server_name.as_deref(), Some("x.test"));
     assert_eq!(out.application_protocols, vec!["h2".to_string()]);
@@ -125,7 +149,16 @@ async fn sniff_times_out_on_silent_client() {
     let (mut s, _) = l.accept().await.unwrap();
     let mut buf = BytesMut::new();
     let mut out = Sniffed::default();
-    let e = sniff(&mut s, &mut buf, true, true, Some(Duration::from_millis(50)), &mut out).await.unwrap_err();
+    let e = sniff(
+        &mut s,
+        &mut buf,
+        true,
+        true,
+        Some(Duration::from_millis(50)),
+        &mut out,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, SniffError::Timeout(_)));
 }
 

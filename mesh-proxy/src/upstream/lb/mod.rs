@@ -77,19 +77,46 @@ impl HostSet {
         let mut health = Vec::with_capacity(priorities.len());
         for groups in &priorities {
             let total: usize = groups.iter().map(|g| g.hosts.len()).sum();
-            let healthy: usize = groups.iter().map(|g| g.hosts.iter().filter(|h| h.is_healthy()).count()).sum();
-            let degraded: usize =
-                groups.iter().map(|g| g.hosts.iter().filter(|h| h.health() == HealthStatus::Degraded).count()).sum();
+            let healthy: usize = groups
+                .iter()
+                .map(|g| g.hosts.iter().filter(|h| h.is_healthy()).count())
+                .sum();
+            let degraded: usize = groups
+                .iter()
+                .map(|g| {
+                    g.hosts
+                        .iter()
+                        .filter(|h| h.health() == HealthStatus::Degraded)
+                        .count()
+                })
+                .sum();
             // Envoy: health = min(100, healthy% * overprovisioning factor).
-            let pct = if total == 0 { 0 } else { (healthy * 100 * overprovisioning_factor as usize / 100) / total };
+            let pct = (healthy * overprovisioning_factor as usize)
+                .checked_div(total)
+                .unwrap_or(0);
             health.push(pct.min(100) as u32);
-            let panic = total == 0 || ((healthy + degraded) as f64 * 100.0 / total as f64) < cluster.healthy_panic_threshold;
-            levels.push(Level::build(cluster, groups, panic, overprovisioning_factor));
+            let panic = total == 0
+                || ((healthy + degraded) as f64 * 100.0 / total as f64)
+                    < cluster.healthy_panic_threshold;
+            levels.push(Level::build(
+                cluster,
+                groups,
+                panic,
+                overprovisioning_factor,
+            ));
             hosts.extend(groups.iter().flat_map(|g| g.hosts.iter().cloned()));
         }
         let priority_load = priority_load(&health);
-        let hashing = matches!(cluster.lb, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. });
-        HostSet { hosts, levels, priority_load, hashing }
+        let hashing = matches!(
+            cluster.lb,
+            LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }
+        );
+        HostSet {
+            hosts,
+            levels,
+            priority_load,
+            hashing,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -118,9 +145,17 @@ impl HostSet {
             0 => return None,
             1 => &self.levels[0],
             _ => {
-                let hash = if self.hashing { ctx.hash.unwrap_or_else(rand::random) } else { rand::random() };
+                let hash = if self.hashing {
+                    ctx.hash.unwrap_or_else(rand::random)
+                } else {
+                    rand::random()
+                };
                 let point = (hash % 100) as u32;
-                let p = self.priority_load.iter().position(|&c| point < c).unwrap_or(0);
+                let p = self
+                    .priority_load
+                    .iter()
+                    .position(|&c| point < c)
+                    .unwrap_or(0);
                 &self.levels[p]
             }
         };
@@ -138,15 +173,27 @@ impl HostSet {
 }
 
 impl Level {
-    fn build(cluster: &ClusterConfig, groups: &[LocalityGroup], panic: bool, overprovisioning_factor: u32) -> Level {
+    fn build(
+        cluster: &ClusterConfig,
+        groups: &[LocalityGroup],
+        panic: bool,
+        overprovisioning_factor: u32,
+    ) -> Level {
         let usable = |g: &LocalityGroup| -> Vec<Arc<Host>> {
             if panic {
                 g.hosts.clone()
             } else {
-                g.hosts.iter().filter(|h| h.health() != HealthStatus::Unhealthy).cloned().collect()
+                g.hosts
+                    .iter()
+                    .filter(|h| h.health() != HealthStatus::Unhealthy)
+                    .cloned()
+                    .collect()
             }
         };
-        let hashing = matches!(cluster.lb, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. });
+        let hashing = matches!(
+            cluster.lb,
+            LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }
+        );
         if cluster.locality_weighted && !hashing {
             // Effective locality weight: EDS weight scaled by the locality's availability.
             let mut localities = Vec::new();
@@ -158,7 +205,8 @@ impl Level {
                 let avail = if g.hosts.is_empty() {
                     0.0
                 } else {
-                    (healthy as f64 / g.hosts.len() as f64 * overprovisioning_factor as f64 / 100.0).min(1.0)
+                    (healthy as f64 / g.hosts.len() as f64 * overprovisioning_factor as f64 / 100.0)
+                        .min(1.0)
                 };
                 let eff = (f64::from(w) * if panic { 1.0 } else { avail }).round() as u64;
                 if hosts.is_empty() || eff == 0 {
@@ -170,23 +218,40 @@ impl Level {
             if !localities.is_empty() {
                 let schedule = picker::Schedule::new(&weights);
                 let all: Vec<Arc<Host>> = groups.iter().flat_map(usable).collect();
-                return Level { panic, picker: Picker::build(&cluster.lb, all, None), localities, locality_schedule: Some(schedule) };
+                return Level {
+                    panic,
+                    picker: Picker::build(&cluster.lb, all, None),
+                    localities,
+                    locality_schedule: Some(schedule),
+                };
             }
         }
         let hosts: Vec<Arc<Host>> = groups.iter().flat_map(usable).collect();
         // Hash-based policies fold locality weights into the host weights, as Envoy does.
         let locality_weights = (cluster.locality_weighted && hashing).then(|| {
-            let total: u64 = groups.iter().filter(|g| !usable(g).is_empty()).filter_map(|g| g.weight.map(u64::from)).sum();
+            let total: u64 = groups
+                .iter()
+                .filter(|g| !usable(g).is_empty())
+                .filter_map(|g| g.weight.map(u64::from))
+                .sum();
             groups
                 .iter()
                 .flat_map(|g| {
                     let n = usable(g).len();
-                    let w = g.weight.map(|w| w as f64 / total.max(1) as f64).unwrap_or(0.0);
+                    let w = g
+                        .weight
+                        .map(|w| w as f64 / total.max(1) as f64)
+                        .unwrap_or(0.0);
                     std::iter::repeat_n(w, n)
                 })
                 .collect::<Vec<f64>>()
         });
-        Level { panic, picker: Picker::build(&cluster.lb, hosts, locality_weights.as_deref()), localities: Vec::new(), locality_schedule: None }
+        Level {
+            panic,
+            picker: Picker::build(&cluster.lb, hosts, locality_weights.as_deref()),
+            localities: Vec::new(),
+            locality_schedule: None,
+        }
     }
 }
 
@@ -209,11 +274,11 @@ fn priority_load(health: &[u32]) -> Vec<u32> {
         cumulative.push(acc);
     }
     // Rounding leftovers go to the first level with load, like Envoy.
-    if remaining > 0 {
-        if let Some(first) = health.iter().position(|&h| h > 0) {
-            for c in &mut cumulative[first..] {
-                *c += remaining;
-            }
+    if remaining > 0
+        && let Some(first) = health.iter().position(|&h| h > 0)
+    {
+        for c in &mut cumulative[first..] {
+            *c += remaining;
         }
     }
     cumulative

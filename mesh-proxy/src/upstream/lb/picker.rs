@@ -10,7 +10,10 @@ use std::{
     },
 };
 
-use super::{LbContext, hash::{ring_hash_key, xxhash64}};
+use super::{
+    LbContext,
+    hash::{ring_hash_key, xxhash64},
+};
 use crate::{config::cluster::LbPolicy, upstream::Host};
 
 /// Schedules longer than this are scaled down (weights keep their proportions roughly).
@@ -26,7 +29,12 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn new(weights: &[u64]) -> Schedule {
-        let g = weights.iter().copied().filter(|w| *w > 0).fold(0, gcd).max(1);
+        let g = weights
+            .iter()
+            .copied()
+            .filter(|w| *w > 0)
+            .fold(0, gcd)
+            .max(1);
         let mut w: Vec<u64> = weights.iter().map(|x| x / g).collect();
         let total: u64 = w.iter().sum();
         if total > MAX_SCHEDULE {
@@ -50,8 +58,15 @@ impl Schedule {
             current[best] -= total as i64;
             seq.push(best as u32);
         }
-        let start = if seq.is_empty() { 0 } else { rand::random::<u64>() as usize % seq.len() };
-        Schedule { seq, cursor: AtomicUsize::new(start) }
+        let start = if seq.is_empty() {
+            0
+        } else {
+            rand::random::<u64>() as usize % seq.len()
+        };
+        Schedule {
+            seq,
+            cursor: AtomicUsize::new(start),
+        }
     }
 
     pub fn next(&self) -> usize {
@@ -70,45 +85,100 @@ fn gcd(a: u64, b: u64) -> u64 {
 #[derive(Debug)]
 pub enum Picker {
     Empty,
-    RoundRobin { hosts: Vec<Arc<Host>>, weighted: Option<Schedule>, cursor: AtomicUsize },
-    LeastRequest { hosts: Vec<Arc<Host>>, choice_count: u32, bias: f64, cumulative: Option<Vec<u64>> },
-    Random { hosts: Vec<Arc<Host>> },
-    Ring { ring: Vec<(u64, u32)>, hosts: Vec<Arc<Host>> },
-    Maglev { table: Vec<u32>, hosts: Vec<Arc<Host>> },
+    RoundRobin {
+        hosts: Vec<Arc<Host>>,
+        weighted: Option<Schedule>,
+        cursor: AtomicUsize,
+    },
+    LeastRequest {
+        hosts: Vec<Arc<Host>>,
+        choice_count: u32,
+        bias: f64,
+        cumulative: Option<Vec<u64>>,
+    },
+    Random {
+        hosts: Vec<Arc<Host>>,
+    },
+    Ring {
+        ring: Vec<(u64, u32)>,
+        hosts: Vec<Arc<Host>>,
+    },
+    Maglev {
+        table: Vec<u32>,
+        hosts: Vec<Arc<Host>>,
+    },
 }
 
 impl Picker {
     /// `locality_weights`: per host, its locality's normalised weight (hash policies with
     /// locality-weighted balancing); `None` = 1.0 for all.
-    pub fn build(policy: &LbPolicy, hosts: Vec<Arc<Host>>, locality_weights: Option<&[f64]>) -> Picker {
+    pub fn build(
+        policy: &LbPolicy,
+        hosts: Vec<Arc<Host>>,
+        locality_weights: Option<&[f64]>,
+    ) -> Picker {
         if hosts.is_empty() {
             return Picker::Empty;
         }
         let equal = hosts.iter().all(|h| h.weight == hosts[0].weight);
         match policy {
             LbPolicy::RoundRobin | LbPolicy::ClusterProvided => {
-                let weighted = (!equal).then(|| Schedule::new(&hosts.iter().map(|h| u64::from(h.weight)).collect::<Vec<_>>()));
+                let weighted = (!equal).then(|| {
+                    Schedule::new(
+                        &hosts
+                            .iter()
+                            .map(|h| u64::from(h.weight))
+                            .collect::<Vec<_>>(),
+                    )
+                });
                 let start = rand::random::<u64>() as usize % hosts.len();
-                Picker::RoundRobin { hosts, weighted, cursor: AtomicUsize::new(start) }
+                Picker::RoundRobin {
+                    hosts,
+                    weighted,
+                    cursor: AtomicUsize::new(start),
+                }
             }
-            LbPolicy::LeastRequest { choice_count, active_request_bias } => {
+            LbPolicy::LeastRequest {
+                choice_count,
+                active_request_bias,
+            } => {
                 let cumulative = (!equal).then(|| {
                     let mut acc = 0;
-                    hosts.iter().map(|h| {
-                        acc += u64::from(h.weight);
-                        acc
-                    })
-                    .collect()
+                    hosts
+                        .iter()
+                        .map(|h| {
+                            acc += u64::from(h.weight);
+                            acc
+                        })
+                        .collect()
                 });
-                Picker::LeastRequest { hosts, choice_count: *choice_count, bias: *active_request_bias, cumulative }
+                Picker::LeastRequest {
+                    hosts,
+                    choice_count: *choice_count,
+                    bias: *active_request_bias,
+                    cumulative,
+                }
             }
             LbPolicy::Random => Picker::Random { hosts },
-            LbPolicy::RingHash { min_ring_size, max_ring_size, use_hostname } => {
+            LbPolicy::RingHash {
+                min_ring_size,
+                max_ring_size,
+                use_hostname,
+            } => {
                 let weights = normalized_weights(&hosts, locality_weights);
-                let ring = build_ring(&hosts, &weights, *min_ring_size, *max_ring_size, *use_hostname);
+                let ring = build_ring(
+                    &hosts,
+                    &weights,
+                    *min_ring_size,
+                    *max_ring_size,
+                    *use_hostname,
+                );
                 Picker::Ring { ring, hosts }
             }
-            LbPolicy::Maglev { table_size, use_hostname } => {
+            LbPolicy::Maglev {
+                table_size,
+                use_hostname,
+            } => {
                 let weights = normalized_weights(&hosts, locality_weights);
                 let table = build_maglev(&hosts, &weights, *table_size, *use_hostname);
                 Picker::Maglev { table, hosts }
@@ -130,14 +200,23 @@ impl Picker {
     pub fn pick(&self, ctx: &LbContext<'_>, attempt: u32) -> Option<Arc<Host>> {
         match self {
             Picker::Empty => None,
-            Picker::RoundRobin { hosts, weighted, cursor } => {
+            Picker::RoundRobin {
+                hosts,
+                weighted,
+                cursor,
+            } => {
                 let i = match weighted {
                     Some(s) => s.next(),
                     None => cursor.fetch_add(1, Ordering::Relaxed) % hosts.len(),
                 };
                 hosts.get(i).cloned()
             }
-            Picker::LeastRequest { hosts, choice_count, bias, cumulative } => {
+            Picker::LeastRequest {
+                hosts,
+                choice_count,
+                bias,
+                cumulative,
+            } => {
                 let sample = |r: u64| -> usize {
                     match cumulative {
                         None => (r % hosts.len() as u64) as usize,
@@ -154,14 +233,20 @@ impl Picker {
                     // Envoy: weight / (active + 1)^bias; more is better. With equal weights
                     // this is just "fewest active requests".
                     let active = h.active_requests() as f64 + 1.0;
-                    let score = if cumulative.is_some() { f64::from(h.weight) / active.powf(*bias) } else { -active };
+                    let score = if cumulative.is_some() {
+                        f64::from(h.weight) / active.powf(*bias)
+                    } else {
+                        -active
+                    };
                     if best.is_none_or(|(s, _)| score > s) {
                         best = Some((score, i));
                     }
                 }
                 best.map(|(_, i)| hosts[i].clone())
             }
-            Picker::Random { hosts } => hosts.get((rand::random::<u64>() % hosts.len() as u64) as usize).cloned(),
+            Picker::Random { hosts } => hosts
+                .get((rand::random::<u64>() % hosts.len() as u64) as usize)
+                .cloned(),
             Picker::Ring { ring, hosts } => {
                 let h = ctx.hash.unwrap_or_else(rand::random);
                 let mut i = ring_lookup(ring, h)?;
@@ -178,7 +263,9 @@ impl Picker {
                 if attempt > 0 {
                     h ^= u64::from(attempt).wrapping_neg();
                 }
-                hosts.get(table[(h % table.len() as u64) as usize] as usize).cloned()
+                hosts
+                    .get(table[(h % table.len() as u64) as usize] as usize)
+                    .cloned()
             }
         }
     }
@@ -190,14 +277,26 @@ fn normalized_weights(hosts: &[Arc<Host>], locality: Option<&[f64]>) -> Vec<f64>
     hosts
         .iter()
         .enumerate()
-        .map(|(i, h)| f64::from(h.weight) / total * locality.and_then(|l| l.get(i)).copied().unwrap_or(1.0))
+        .map(|(i, h)| {
+            f64::from(h.weight) / total * locality.and_then(|l| l.get(i)).copied().unwrap_or(1.0)
+        })
         .collect()
 }
 
 /// Envoy's ring: enough hashes that the lightest host gets a whole number (at least
 /// `min_ring_size` in total, at most `max_ring_size`), host keys `"<addr>_<i>"`.
-fn build_ring(hosts: &[Arc<Host>], weights: &[f64], min_ring: u64, max_ring: u64, use_hostname: bool) -> Vec<(u64, u32)> {
-    let min_w = weights.iter().copied().filter(|w| *w > 0.0).fold(f64::INFINITY, f64::min);
+fn build_ring(
+    hosts: &[Arc<Host>],
+    weights: &[f64],
+    min_ring: u64,
+    max_ring: u64,
+    use_hostname: bool,
+) -> Vec<(u64, u32)> {
+    let min_w = weights
+        .iter()
+        .copied()
+        .filter(|w| *w > 0.0)
+        .fold(f64::INFINITY, f64::min);
     if !min_w.is_finite() {
         return Vec::new();
     }
@@ -235,7 +334,11 @@ fn ring_lookup(ring: &[(u64, u32)], h: u64) -> Option<usize> {
             return Some(0);
         }
         let midval = ring[mid as usize].0;
-        let midval1 = if mid == 0 { 0 } else { ring[mid as usize - 1].0 };
+        let midval1 = if mid == 0 {
+            0
+        } else {
+            ring[mid as usize - 1].0
+        };
         if h <= midval && h > midval1 {
             return Some(mid as usize);
         }
@@ -266,7 +369,11 @@ fn build_maglev(hosts: &[Arc<Host>], weights: &[f64], size: u64, use_hostname: b
         return Vec::new();
     }
     // Duplicate keys would make the order unstable; a map keeps the first per key.
-    let mut keyed: Vec<(String, usize)> = hosts.iter().enumerate().map(|(i, h)| (ring_hash_key(h, use_hostname), i)).collect();
+    let mut keyed: Vec<(String, usize)> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (ring_hash_key(h, use_hostname), i))
+        .collect();
     keyed.sort();
     let mut seen = HashMap::new();
     keyed.retain(|(k, i)| *seen.entry(k.clone()).or_insert(*i) == *i);
@@ -314,7 +421,9 @@ mod tests {
     use super::*;
 
     fn hosts(n: usize) -> Vec<Arc<Host>> {
-        (0..n).map(|i| Arc::new(Host::new(format!("10.0.0.{}:80", i + 1).parse().unwrap()))).collect()
+        (0..n)
+            .map(|i| Arc::new(Host::new(format!("10.0.0.{}:80", i + 1).parse().unwrap())))
+            .collect()
     }
 
     #[test]
@@ -322,9 +431,16 @@ mod tests {
         let s = Schedule::new(&[5, 1, 1]);
         let mut seq: Vec<usize> = (0..7).map(|_| s.next()).collect();
         let counts = |v: &Vec<usize>, x| v.iter().filter(|&&i| i == x).count();
-        assert_eq!((counts(&seq, 0), counts(&seq, 1), counts(&seq, 2)), (5, 1, 1));
+        assert_eq!(
+            (counts(&seq, 0), counts(&seq, 1), counts(&seq, 2)),
+            (5, 1, 1)
+        );
         seq.sort();
-        assert_eq!(Schedule::new(&[4, 2]).seq.len(), 3, "weights are divided by their gcd");
+        assert_eq!(
+            Schedule::new(&[4, 2]).seq.len(),
+            3,
+            "weights are divided by their gcd"
+        );
     }
 
     #[test]
@@ -370,12 +486,18 @@ mod tests {
     #[test]
     fn consistent_hashing_is_stable_when_another_host_leaves() {
         let hs = hosts(5);
-        let policy = LbPolicy::Maglev { table_size: 65537, use_hostname: false };
+        let policy = LbPolicy::Maglev {
+            table_size: 65537,
+            use_hostname: false,
+        };
         let before = Picker::build(&policy, hs.clone(), None);
         let after = Picker::build(&policy, hs[..4].to_vec(), None);
         let (mut moved, mut collateral) = (0, 0);
         for k in 0..1000u64 {
-            let ctx = LbContext { hash: Some(xxhash64(&k.to_le_bytes(), 0)), ..Default::default() };
+            let ctx = LbContext {
+                hash: Some(xxhash64(&k.to_le_bytes(), 0)),
+                ..Default::default()
+            };
             let a = before.pick(&ctx, 0).unwrap();
             let b = after.pick(&ctx, 0).unwrap();
             if a.addr != b.addr {
@@ -395,8 +517,17 @@ mod tests {
     fn least_request_prefers_idle_host() {
         let hs = hosts(2);
         let _busy: Vec<_> = (0..10).map(|_| hs[0].request_guard()).collect();
-        let p = Picker::build(&LbPolicy::LeastRequest { choice_count: 2, active_request_bias: 1.0 }, hs.clone(), None);
-        let picks = (0..200).filter(|_| p.pick(&LbContext::default(), 0).unwrap().addr == hs[1].addr).count();
+        let p = Picker::build(
+            &LbPolicy::LeastRequest {
+                choice_count: 2,
+                active_request_bias: 1.0,
+            },
+            hs.clone(),
+            None,
+        );
+        let picks = (0..200)
+            .filter(|_| p.pick(&LbContext::default(), 0).unwrap().addr == hs[1].addr)
+            .count();
         // P2C picks the idle host unless both samples land on the busy one (~25%).
         assert!(picks > 120, "{picks}");
     }
