@@ -91,7 +91,6 @@ pub fn up(cfg: ClusterConfig, sidecars: bool) -> Result<LocalCluster> {
         gw.kind = PodKind::Gateway;
         cluster.add_pod(gw)?;
     }
-    cluster.write_summary("demo.json")?;
     Ok(cluster)
 }
 

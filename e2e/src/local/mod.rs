@@ -40,6 +40,13 @@ pub const PROXY_UID: u32 = 1337;
 pub const APP_UID: u32 = 1000;
 pub const XDS_PORT: u16 = 15010;
 pub const MONITORING_PORT: u16 = 15014;
+/// The cluster summary (`demo.json`), rewritten whenever pods or services change, for
+/// tools such as `meshctl --local`: ingress URL, control plane URLs, every pod with its
+/// IP, admin address and network namespace.
+pub const SUMMARY_FILE: &str = "demo.json";
+/// Where `apply` puts user resources, one file per resource:
+/// `config/user/<kind lowercase>.<namespace>.<name>.yaml` (meshctl --local uses the same).
+pub const USER_DIR: &str = "config/user";
 
 /// Paths of the binaries the cluster runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +196,7 @@ impl LocalCluster {
         if cfg.control_plane {
             cluster.start_control_plane()?;
         }
+        cluster.write_summary(SUMMARY_FILE)?;
         Ok(cluster)
     }
 
@@ -393,6 +401,7 @@ impl LocalCluster {
         self.set_pod(&spec, |p| p.ready = true)?;
         self.write_pod(&spec, Some(&ip), true)?;
         self.sync_services()?;
+        self.write_summary(SUMMARY_FILE)?;
         self.pod_info(&spec.name, &spec.namespace)
     }
 
@@ -431,6 +440,7 @@ impl LocalCluster {
         if hd.exists() {
             std::fs::remove_dir_all(&hd)?;
         }
+        self.write_summary(SUMMARY_FILE)?;
         Ok(())
     }
 
@@ -498,6 +508,7 @@ impl LocalCluster {
         })?;
         self.sync_services()?;
         self.sync_hosts()?;
+        self.write_summary(SUMMARY_FILE)?;
         Ok(ServiceInfo {
             name: spec.name,
             namespace: spec.namespace,
