@@ -177,6 +177,9 @@ pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, St
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// A service selecting a workload, with the workload's port for each service port.
+pub type WorkloadService = (Arc<Service>, Vec<(ServicePort, u16)>);
+
 /// The registry built from one [`ConfigSet`].
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -255,10 +258,7 @@ impl Registry {
 
     /// The services that select this workload (same namespace, label selector), with the
     /// workload's port for each service port: what the inbound listener serves.
-    pub fn services_for_workload(
-        &self,
-        workload: &Workload,
-    ) -> Vec<(Arc<Service>, Vec<(ServicePort, u16)>)> {
+    pub fn services_for_workload(&self, workload: &Workload) -> Vec<WorkloadService> {
         let mut out = Vec::new();
         for svc in &self.services {
             let Some(selector) = &svc.selector else {

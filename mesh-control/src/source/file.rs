@@ -149,11 +149,20 @@ impl FileSource {
             }
             seen.insert(origin, hash);
         }
-        for origin in applied.keys() {
-            if !seen.contains_key(origin) {
-                tracing::info!(component = "config", file = %origin, "config file removed");
-                self.store.remove_origin(origin);
-            }
+        // Files this source applied, and any other origin under the directory (an earlier
+        // source on the same store), that are gone now.
+        let prefix = format!("{}/", self.dir.display().to_string().trim_end_matches('/'));
+        let mut gone: Vec<String> = applied
+            .keys()
+            .filter(|o| !seen.contains_key(*o))
+            .cloned()
+            .collect();
+        gone.extend(self.store.origins().into_iter().filter(|o| {
+            o.starts_with(&prefix) && !seen.contains_key(o) && !applied.contains_key(o)
+        }));
+        for origin in gone {
+            tracing::info!(component = "config", file = %origin, "config file removed");
+            self.store.remove_origin(&origin);
         }
         *applied = seen;
         Ok(())

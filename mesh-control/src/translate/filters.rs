@@ -110,7 +110,7 @@ pub fn access_logs(mesh: &MeshConfig) -> Vec<AccessLog> {
 /// Where an HTTP connection manager gets its routes.
 pub enum Routes {
     Rds(String),
-    Inline(RouteConfiguration),
+    Inline(Box<RouteConfiguration>),
 }
 
 /// An HTTP connection manager as Istio configures one: fault and CORS filters (configured
@@ -135,7 +135,7 @@ pub fn http_connection_manager(
                 config_source: Some(ads()),
                 route_config_name: name,
             }),
-            Routes::Inline(rc) => RouteSpecifier::RouteConfig(rc),
+            Routes::Inline(rc) => RouteSpecifier::RouteConfig(*rc),
         }),
         http_filters: vec![
             http_filter(FAULT_FILTER, any(&HttpFault::default())),

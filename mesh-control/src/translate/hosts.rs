@@ -42,7 +42,7 @@ pub fn alt_hosts(hostname: &str, proxy_domain: &str) -> Vec<String> {
     }
     let name = &hostname[..ns_dot];
     let name_ns = &hostname[..ih];
-    if &hostname[ns_dot + 1..ih] == &proxy_domain[..pd] {
+    if hostname[ns_dot + 1..ih] == proxy_domain[..pd] {
         vec![
             name.to_string(),
             format!("{name_ns}.svc"),

@@ -453,7 +453,7 @@ pub fn virtual_inbound(ctx: &Ctx<'_>, ports: &[InboundPort]) -> Listener {
         let http_chain = || {
             let hcm = http_connection_manager(
                 format!("inbound_{name}"),
-                Routes::Inline(inbound_route_config(p)),
+                Routes::Inline(Box::new(inbound_route_config(p))),
                 mesh,
                 false,
             );
@@ -489,7 +489,7 @@ pub fn virtual_inbound(ctx: &Ctx<'_>, ports: &[InboundPort]) -> Listener {
     };
     let hcm = http_connection_manager(
         "inbound_0.0.0.0_0".to_string(),
-        Routes::Inline(inbound_passthrough_route()),
+        Routes::Inline(Box::new(inbound_passthrough_route())),
         mesh,
         false,
     );

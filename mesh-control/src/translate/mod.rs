@@ -16,6 +16,8 @@ mod route;
 mod scope;
 mod util;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
@@ -75,6 +77,8 @@ pub(crate) struct Ctx<'a> {
     /// The proxy's Pod, when the registry has it.
     pub workload: Option<Arc<Workload>>,
     pub scope: Scope,
+    /// DestinationRule lookups by host, done once per generation.
+    dr_cache: RefCell<HashMap<String, Option<Arc<index::NormalizedDr>>>>,
 }
 
 impl Ctx<'_> {
@@ -84,12 +88,19 @@ impl Ctx<'_> {
         host: &str,
         service_ns: Option<&str>,
     ) -> Option<Arc<index::NormalizedDr>> {
-        self.snapshot.index().destination_rule(
+        if let Some(hit) = self.dr_cache.borrow().get(host) {
+            return hit.clone();
+        }
+        let found = self.snapshot.index().destination_rule(
             host,
             service_ns,
             &self.proxy.namespace,
             &self.proxy.labels,
-        )
+        );
+        self.dr_cache
+            .borrow_mut()
+            .insert(host.to_string(), found.clone());
+        found
     }
 }
 
@@ -136,6 +147,7 @@ pub fn generate(snapshot: &Snapshot, proxy: &Proxy) -> Generated {
         proxy,
         workload,
         scope,
+        dr_cache: Default::default(),
     };
 
     let mut clusters = Vec::new();
@@ -158,11 +170,24 @@ pub fn generate(snapshot: &Snapshot, proxy: &Proxy) -> Generated {
             if ctx.proxy.interception_mode != InterceptionMode::None {
                 listeners.push(listener::virtual_inbound(&ctx, &ports));
             }
-            for port in &needs.ports {
-                routes.push(route::outbound_route_config(&ctx, *port));
+            // Virtual hosts per port, built once: the port's route configuration and the
+            // `host:port` ones of undeclared-protocol services on it share them.
+            let mut vhosts: std::collections::BTreeMap<u16, Vec<_>> = Default::default();
+            for port in needs
+                .ports
+                .iter()
+                .chain(needs.sniffed.iter().map(|(_, p)| p))
+            {
+                vhosts
+                    .entry(*port)
+                    .or_insert_with(|| route::outbound_virtual_hosts(&ctx, *port));
             }
             for (svc, port) in &needs.sniffed {
-                routes.push(route::sniffed_route_config(&ctx, svc, *port));
+                routes.push(route::sniffed_route_config(svc, *port, &vhosts[port]));
+            }
+            for port in &needs.ports {
+                let port_vhosts = vhosts.remove(port).unwrap_or_default();
+                routes.push(route::outbound_route_config(&ctx, *port, port_vhosts));
             }
         }
         ProxyKind::Router => gateway::generate(&ctx, &mut listeners, &mut routes),

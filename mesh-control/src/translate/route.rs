@@ -659,7 +659,6 @@ fn translate_fault(f: &mesh_api::networking::HttpFaultInjection) -> Option<HttpF
             out.delay = Some(FaultDelay {
                 percentage: Some(percentage),
                 fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(fixed)),
-                ..Default::default()
             });
         }
     }
@@ -782,6 +781,23 @@ pub fn default_route(cluster: String, host: &str, port: u16) -> Route {
     }
 }
 
+/// The default route of a service port, with the consistent-hash policy of its
+/// DestinationRule (Istio's `hashForService`).
+fn default_route_for(rc: &RouteCtx<'_>, svc: &Service, port: u16) -> Route {
+    let mut r = default_route(outbound_name(port, "", &svc.hostname), &svc.hostname, port);
+    let dest = Destination {
+        host: svc.hostname.clone(),
+        subset: None,
+        port: Some(mesh_api::networking::PortSelector {
+            number: u32::from(port),
+        }),
+    };
+    if let (Some(hp), Some(Action::Route(a))) = (hash_policy(rc, &dest), r.action.as_mut()) {
+        a.hash_policy.push(hp);
+    }
+    r
+}
+
 /// Every name a service is reachable by from this proxy, with and without the port:
 /// FQDN, the short forms for Kubernetes services, the VIP.
 pub fn service_domains(svc: &Service, port: u16, proxy_domain: &str) -> Vec<String> {
@@ -804,9 +820,13 @@ pub fn service_domains(svc: &Service, port: u16, proxy_domain: &str) -> Vec<Stri
     out
 }
 
-/// The outbound route configuration for HTTP port `port` of a sidecar (named by the port).
-pub fn outbound_route_config(ctx: &Ctx<'_>, port: u16) -> RouteConfiguration {
-    let mut vhosts = outbound_virtual_hosts(ctx, port);
+/// The outbound route configuration for HTTP port `port` of a sidecar (named by the port),
+/// from the port's virtual hosts ([`outbound_virtual_hosts`]).
+pub fn outbound_route_config(
+    ctx: &Ctx<'_>,
+    port: u16,
+    mut vhosts: Vec<VirtualHost>,
+) -> RouteConfiguration {
     vhosts.push(catch_all_vhost(ctx));
     RouteConfiguration {
         name: port.to_string(),
@@ -818,15 +838,19 @@ pub fn outbound_route_config(ctx: &Ctx<'_>, port: u16) -> RouteConfiguration {
 }
 
 /// The route configuration of an undeclared-protocol port (`host:port`): only the service's
-/// own virtual host, matching any authority.
-pub fn sniffed_route_config(ctx: &Ctx<'_>, svc: &Service, port: u16) -> RouteConfiguration {
+/// own virtual host (from the port's virtual hosts), matching any authority.
+pub fn sniffed_route_config(
+    svc: &Service,
+    port: u16,
+    port_vhosts: &[VirtualHost],
+) -> RouteConfiguration {
     let name = with_port(&svc.hostname, port);
-    let vhost = outbound_virtual_hosts(ctx, port)
-        .into_iter()
+    let vhost = port_vhosts
+        .iter()
         .find(|v| v.domains.iter().any(|d| *d == svc.hostname || *d == name))
-        .map(|mut v| {
-            v.domains = vec!["*".to_string()];
-            v
+        .map(|v| VirtualHost {
+            domains: vec!["*".to_string()],
+            ..v.clone()
         });
     RouteConfiguration {
         name,
@@ -843,8 +867,9 @@ fn http_like(svc: &Service, port: u16) -> bool {
     })
 }
 
-/// Istio's `BuildSidecarOutboundVirtualHosts` for one port.
-fn outbound_virtual_hosts(ctx: &Ctx<'_>, port: u16) -> Vec<VirtualHost> {
+/// Istio's `BuildSidecarOutboundVirtualHosts` for one port: a virtual host per VirtualService
+/// host and per service without one, sorted by name, domains unique.
+pub fn outbound_virtual_hosts(ctx: &Ctx<'_>, port: u16) -> Vec<VirtualHost> {
     let gateways = [super::index::MESH_GATEWAY.to_string()];
     let rc = RouteCtx {
         ctx,
@@ -859,9 +884,12 @@ fn outbound_virtual_hosts(ctx: &Ctx<'_>, port: u16) -> Vec<VirtualHost> {
         .map(|s| &**s)
         .filter(|s| http_like(s, port))
         .collect();
+    let by_host: std::collections::HashMap<&str, &Service> =
+        services.iter().map(|s| (s.hostname.as_str(), *s)).collect();
     let mut taken: HashSet<&str> = HashSet::new();
     let mut vhosts: Vec<VirtualHost> = Vec::new();
     let proxy_domain = ctx.proxy.dns_domain.as_str();
+    let contains = |v: &[&Service], s: &Service| v.iter().any(|m| std::ptr::eq(*m, s));
 
     for (vs, hosts) in &ctx.scope.mesh_virtual_services {
         let mut matched: Vec<&Service> = Vec::new();
@@ -872,7 +900,7 @@ fn outbound_virtual_hosts(ctx: &Ctx<'_>, port: u16) -> Vec<VirtualHost> {
                 for s in &services {
                     if host_matches(h, &s.hostname)
                         && !taken.contains(s.hostname.as_str())
-                        && !matched.contains(s)
+                        && !contains(&matched, s)
                     {
                         matched.push(s);
                         any = true;
@@ -881,8 +909,8 @@ fn outbound_virtual_hosts(ctx: &Ctx<'_>, port: u16) -> Vec<VirtualHost> {
                 if !any {
                     other_hosts.push(h);
                 }
-            } else if let Some(s) = services.iter().find(|s| s.hostname == *h) {
-                if !matched.contains(s) {
+            } else if let Some(s) = by_host.get(h.as_str()) {
+                if !contains(&matched, s) {
                     matched.push(s);
                 }
             } else {
@@ -924,11 +952,7 @@ fn outbound_virtual_hosts(ctx: &Ctx<'_>, port: u16) -> Vec<VirtualHost> {
         vhosts.push(VirtualHost {
             name: with_port(&s.hostname, port),
             domains: service_domains(s, port, proxy_domain),
-            routes: vec![default_route(
-                outbound_name(port, "", &s.hostname),
-                &s.hostname,
-                port,
-            )],
+            routes: vec![default_route_for(&rc, s, port)],
             include_request_attempt_count: true,
             ..Default::default()
         });
