@@ -4,6 +4,7 @@
 mod envoy;
 mod http;
 mod istio;
+mod local;
 mod pods;
 mod proxy_config;
 mod proxy_status;
@@ -23,6 +24,11 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Act on the local cluster ($MESH_LOCAL_DIR, default /run/mesh-local) for
+    /// apply, delete, exec and get.
+    #[arg(long, global = true)]
+    #[allow(dead_code)] // read by the subcommands through #[arg(from_global)]
+    local: bool,
 }
 
 #[derive(Subcommand)]
@@ -36,6 +42,14 @@ enum Command {
     /// Show every proxy's xDS sync state from the control plane (istioctl proxy-status).
     #[command(visible_alias = "ps")]
     ProxyStatus(proxy_status::Args),
+    /// Validate and create or replace resources in the local cluster (`--local apply -f`).
+    Apply(local::ApplyArgs),
+    /// Remove the resources a file names from the local cluster (`--local delete -f`).
+    Delete(local::DeleteArgs),
+    /// Run a command in a local pod's network namespace (`--local exec POD -- CMD`).
+    Exec(local::ExecArgs),
+    /// List the local cluster's pods or services (`--local get pods|services`).
+    Get(local::GetArgs),
 }
 
 impl Command {
@@ -44,6 +58,10 @@ impl Command {
             Command::Validate(args) => validate::run(args),
             Command::ProxyConfig(args) => proxy_config::run(args),
             Command::ProxyStatus(args) => proxy_status::run(args),
+            Command::Apply(args) => local::apply(args),
+            Command::Delete(args) => local::delete(args),
+            Command::Exec(args) => local::exec(args),
+            Command::Get(args) => local::get(args),
         }
     }
 

@@ -89,7 +89,7 @@ fn selected(dump: &ConfigDump, filter: &Filter) -> Result<Vec<Entry<Cluster>>> {
     Ok(out)
 }
 
-fn sort_key(name: &str) -> (String, String, u16, String) {
+pub(super) fn sort_key(name: &str) -> (String, String, u16, String) {
     match name.parse::<ClusterName>() {
         Ok(k) => (k.host, k.subset, k.port, k.direction.as_str().to_string()),
         Err(_) => (name.to_string(), String::new(), 0, String::new()),

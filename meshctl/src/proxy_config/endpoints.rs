@@ -196,6 +196,9 @@ fn eds_view(dump: &ConfigDump, filter: &Filter, output: Output) -> Result<()> {
     let Some(assignments) = dump.endpoints()? else {
         bail!("the config dump has no endpoints (hint: take it with /config_dump?include_eds)");
     };
+    let mut assignments = assignments;
+    // istioctl's order: by service, subset, port, direction.
+    assignments.sort_by_key(|e| super::clusters::sort_key(&e.resource.cluster_name));
     let mut t = Table::new(&["ENDPOINT", "STATUS", "LOCALITY", "CLUSTER"], 5);
     let mut kept = Vec::new();
     for e in &assignments {
