@@ -21,6 +21,9 @@ use crate::store::config::{Age, ConfigSet};
 
 pub use visibility::Visibility;
 
+#[cfg(test)]
+mod tests;
+
 /// Where a service came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ServiceSource {

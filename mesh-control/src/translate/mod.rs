@@ -16,6 +16,9 @@ mod route;
 mod scope;
 mod util;
 
+#[cfg(test)]
+mod tests;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -41,7 +41,9 @@ use super::Ctx;
 use super::cluster::outbound_name;
 use super::hosts::{alt_hosts, host_matches, with_port};
 use super::index::EffectiveVs;
-use super::util::{any, boolv, istio_duration, percent_hundred, percent_to_fraction, u32v, zero};
+use super::util::{
+    any, boolv, istio_duration, ordered_map, percent_hundred, percent_to_fraction, u32v, zero,
+};
 use crate::registry::Service;
 
 /// HTTP filter names; route-level overrides are keyed by them.
@@ -187,14 +189,14 @@ fn translate_route(
         operation: operation(&out, &vs.meta.name, rc.port),
         ..Default::default()
     });
+    let mut per_filter = Vec::new();
     if let Some(fault) = http.fault.as_ref().and_then(translate_fault) {
-        out.typed_per_filter_config
-            .insert(FAULT_FILTER.to_string(), any(&fault));
+        per_filter.push((FAULT_FILTER.to_string(), any(&fault)));
     }
     if let Some(cors) = &http.cors_policy {
-        out.typed_per_filter_config
-            .insert(CORS_FILTER.to_string(), any(&translate_cors(cors)));
+        per_filter.push((CORS_FILTER.to_string(), any(&translate_cors(cors))));
     }
+    out.typed_per_filter_config = ordered_map(per_filter);
     out
 }
 

@@ -7,6 +7,8 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
+use std::collections::HashMap;
+
 use prost::{Message, Name};
 
 /// Packs a message into an `Any`.
@@ -79,4 +81,23 @@ pub fn percent_hundred(value: u32) -> FractionalPercent {
         numerator: value.min(100),
         denominator: DenominatorType::Hundred as i32,
     }
+}
+
+/// A map whose iteration order is its key order. prost encodes map fields in iteration
+/// order, and std's `HashMap` iterates in a per-instance random order: without this the
+/// same resource could encode to different bytes on each generation (and look changed to
+/// the xDS side, which versions resources by content). The field types are fixed by the
+/// generated code, so instead of another hasher we retry the (tiny) map until its order is
+/// sorted; maps here hold at most a few entries.
+pub fn ordered_map<V: Clone>(mut entries: Vec<(String, V)>) -> HashMap<String, V> {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.dedup_by(|a, b| a.0 == b.0);
+    let mut map = HashMap::new();
+    for _ in 0..1000 {
+        map = entries.iter().cloned().collect::<HashMap<_, _>>();
+        if map.keys().zip(entries.iter()).all(|(k, (e, _))| k == e) {
+            break;
+        }
+    }
+    map
 }
