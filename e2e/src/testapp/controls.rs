@@ -110,6 +110,21 @@ pub fn parse_duration(param: &'static str, v: &str) -> Result<Duration, ControlE
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
+    // Whole numbers are exact; fractions go through f64.
+    if let Ok(n) = num.parse::<u64>() {
+        let d = match unit {
+            "" | "ms" => Duration::from_millis(n),
+            "us" | "µs" => Duration::from_micros(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            _ => return Err(err()),
+        };
+        return if d <= Duration::from_secs(3600) {
+            Ok(d)
+        } else {
+            Err(err())
+        };
+    }
     let n: f64 = num.parse().map_err(|_| err())?;
     let secs = match unit {
         "" | "ms" => n / 1e3,
@@ -177,6 +192,23 @@ mod tests {
         );
         assert!(parse_duration("d", "5h").is_err());
         assert!(parse_duration("d", "-1s").is_err());
+    }
+
+    proptest::proptest! {
+        /// Any query string parses or fails with an error; it never panics.
+        #[test]
+        fn arbitrary_queries_never_panic(q in "\\PC{0,60}") {
+            let _ = Controls::parse(&q);
+        }
+
+        /// Whole milliseconds survive a round trip.
+        #[test]
+        fn millisecond_durations_round_trip(ms in 0u64..3_600_000) {
+            proptest::prop_assert_eq!(
+                parse_duration("d", &format!("{ms}ms")).unwrap(),
+                Duration::from_millis(ms)
+            );
+        }
     }
 
     #[test]

@@ -171,3 +171,90 @@ fn jumps_into_builtin_chains_are_only_the_two_entry_points() {
     assert_eq!(rules.chain("PREROUTING"), vec!["-p tcp -j ISTIO_INBOUND"]);
     assert_eq!(rules.chain("OUTPUT"), vec!["-p tcp -j ISTIO_OUTPUT"]);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::capture::iptables::{NatTable, diff};
+
+    fn port_list() -> impl Strategy<Value = String> {
+        prop::collection::vec(1u16..=65535, 0..5).prop_map(|v| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+
+    fn cidr_list() -> impl Strategy<Value = String> {
+        prop::collection::vec((any::<[u8; 4]>(), 0u8..=32), 0..4).prop_map(|v| {
+            v.iter()
+                .map(|(a, p)| format!("{}.{}.{}.{}/{p}", a[0], a[1], a[2], a[3]))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+
+    fn annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
+        (
+            prop_oneof![Just("*".to_string()), port_list()],
+            port_list(),
+            prop_oneof![Just("*".to_string()), cidr_list()],
+            cidr_list(),
+            port_list(),
+            port_list(),
+        )
+            .prop_map(|(ii, ei, io, eo, iop, eop)| {
+                [
+                    (a::INCLUDE_INBOUND_PORTS, ii),
+                    (a::EXCLUDE_INBOUND_PORTS, ei),
+                    (a::INCLUDE_OUTBOUND_IP_RANGES, io),
+                    (a::EXCLUDE_OUTBOUND_IP_RANGES, eo),
+                    (a::INCLUDE_OUTBOUND_PORTS, iop),
+                    (a::EXCLUDE_OUTBOUND_PORTS, eop),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()
+            })
+    }
+
+    proptest! {
+        /// Whatever valid annotations a pod has, the rules read back from an
+        /// iptables-save of them compare equal (what CNI CHECK relies on), the
+        /// proxy's UID is always excluded, and the two entry jumps are the only rules
+        /// in built-in chains.
+        #[test]
+        fn generated_rules_round_trip_through_save_format(ann in annotations()) {
+            let cfg = CaptureConfig::from_annotations(&ann).unwrap();
+            let rules = RuleSet::generate(&cfg);
+            let mut save = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+            for c in crate::capture::rules::CHAINS {
+                save.push_str(&format!(":{c} - [0:0]\n"));
+            }
+            for r in &rules.rules {
+                save.push_str(&r.line());
+                save.push('\n');
+            }
+            save.push_str("COMMIT\n");
+            prop_assert!(diff(&NatTable::parse(&save), &rules).is_ok());
+            prop_assert!(rules.chain(OUTPUT).contains(&"-m owner --uid-owner 1337 -j RETURN"));
+            prop_assert!(rules.chain("OUTPUT") == vec!["-p tcp -j ISTIO_OUTPUT"]);
+            prop_assert!(rules.chain("PREROUTING").len() <= 1);
+        }
+
+        /// Arbitrary annotation text never panics: it parses or names the annotation.
+        #[test]
+        fn arbitrary_values_never_panic(key in prop::sample::select(vec![
+            a::INCLUDE_INBOUND_PORTS, a::EXCLUDE_INBOUND_PORTS, a::INCLUDE_OUTBOUND_IP_RANGES,
+            a::EXCLUDE_OUTBOUND_IP_RANGES, a::INCLUDE_OUTBOUND_PORTS, a::EXCLUDE_OUTBOUND_PORTS,
+            a::EXCLUDE_INTERFACES, a::INTERCEPTION_MODE,
+        ]), value in ".{0,40}") {
+            let ann: BTreeMap<String, String> = [(key.to_string(), value)].into_iter().collect();
+            if let Err(e) = CaptureConfig::from_annotations(&ann) {
+                prop_assert!(e.to_string().contains("annotation"));
+            }
+        }
+    }
+}
