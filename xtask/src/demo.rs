@@ -5,6 +5,7 @@
 //! and tears it down on Ctrl-C; `up` leaves it running (for scripts); `down` tears it
 //! down, also after a crash. State lives in `$MESH_LOCAL_DIR` (default /run/mesh-local).
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -54,11 +55,10 @@ pub fn run(root: &Path, action: Option<Action>) -> Result<()> {
         .env("MESH_CNI_BIN", bin_dir.join("mesh-cni"))
         .env("MESH_PROXY_BIN", bin_dir.join("mesh-proxy"))
         .env("MESH_CONTROL_BIN", bin_dir.join("mesh-control"));
-    let status = local.status().context("cannot run mesh-local")?;
-    if !status.success() {
-        bail!("mesh-local failed ({status})");
-    }
-    Ok(())
+    // Replace this process, so Ctrl-C reaches mesh-local alone and it tears the demo down
+    // in order (cargo already execs xtask the same way).
+    let err = local.exec();
+    Err(err).context("cannot run mesh-local")
 }
 
 fn target_dir(root: &Path) -> PathBuf {
