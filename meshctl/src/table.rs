@@ -59,7 +59,37 @@ impl Table {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Every cell starts where its column starts, on every line, whatever the widths.
+        #[test]
+        fn cells_line_up(
+            rows in prop::collection::vec(prop::collection::vec("[a-zA-Z0-9|./*]{0,14}", 4), 1..8),
+            padding in 1usize..6,
+        ) {
+            let mut t = Table::new(&["A", "B B", "C", "D"], padding);
+            for r in &rows {
+                t.row(r.clone());
+            }
+            let out = t.render();
+            let lines: Vec<&str> = out.lines().collect();
+            prop_assert_eq!(lines.len(), rows.len() + 1);
+            let all: Vec<Vec<String>> = std::iter::once(vec!["A".into(), "B B".into(), "C".into(), "D".into()])
+                .chain(rows.iter().cloned())
+                .collect();
+            let mut offset = 0;
+            for col in 0..4 {
+                for (line, cells) in lines.iter().zip(&all) {
+                    let cell: String = line.chars().skip(offset).take(cells[col].chars().count()).collect();
+                    prop_assert_eq!(&cell, &cells[col]);
+                }
+                offset += all.iter().map(|r| r[col].chars().count()).max().unwrap_or(0) + padding;
+            }
+        }
+    }
 
     #[test]
     fn lays_out_like_tabwriter() {

@@ -170,7 +170,20 @@ pub fn detect() -> Result<Box<dyn Backend>, PodError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn pod_refs_round_trip(name in "[a-z0-9][a-z0-9-]{0,20}", ns in "[a-z0-9][a-z0-9-]{0,20}") {
+            let r = PodRef::parse(&format!("{name}.{ns}"), "default").unwrap();
+            prop_assert_eq!((&r.name, &r.namespace), (&name, &ns));
+            prop_assert_eq!(r.to_string(), format!("{name}.{ns}"));
+            let r = PodRef::parse(&name, &ns).unwrap();
+            prop_assert_eq!((r.name, r.namespace), (name, ns));
+        }
+    }
 
     #[test]
     fn pod_refs() {
