@@ -148,6 +148,11 @@ impl Envoy {
             .ok()
     }
 
+    /// The Envoy process id (RSS measurements).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The recent Envoy log (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("envoy.log")).unwrap_or_default()

@@ -102,3 +102,6 @@ impl ClusterManager {
         self.clusters.store(Arc::new(next));
     }
 }
+
+#[cfg(test)]
+mod tests;
