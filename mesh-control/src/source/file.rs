@@ -87,8 +87,16 @@ impl FileSource {
                 source,
             })?;
         tracing::info!(component = "config", dir = %self.dir.display(), "watching config dir");
+        let this = Arc::new(self);
+        // Parsing and rebuilding the snapshot is CPU work: keep it off the async workers.
+        let sync = |this: &Arc<FileSource>| {
+            let this = this.clone();
+            async move {
+                let _ = tokio::task::spawn_blocking(move || this.sync_logged()).await;
+            }
+        };
         // Catch changes made between load_all() and the watch starting.
-        self.sync_logged();
+        sync(&this).await;
         let mut resync = tokio::time::interval(RESYNC);
         resync.tick().await;
         loop {
@@ -100,9 +108,9 @@ impl FileSource {
                     }
                     tokio::time::sleep(SETTLE).await;
                     while rx.try_recv().is_ok() {}
-                    self.sync_logged();
+                    sync(&this).await;
                 }
-                _ = resync.tick() => self.sync_logged(),
+                _ = resync.tick() => sync(&this).await,
             }
         }
         drop(watcher);

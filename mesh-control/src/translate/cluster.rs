@@ -12,10 +12,10 @@ use mesh_api::naming::{
     BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER_IPV4, PASSTHROUGH_CLUSTER, Protocol,
 };
 
-use super::Ctx;
 use super::endpoint;
 use super::policy::{Effective, default_thresholds};
 use super::util::{ads, duration};
+use super::{Ctx, Named};
 use crate::registry::{Resolution, Service, ServicePort};
 
 /// The source address of inbound connections to the application (Istio's choice, excluded
@@ -46,7 +46,7 @@ fn base(ctx: &Ctx<'_>, name: String, kind: DiscoveryType) -> Cluster {
 }
 
 /// Every outbound cluster of the proxy's scope, plus the special clusters.
-pub fn outbound(ctx: &Ctx<'_>, out: &mut Vec<Cluster>) {
+pub fn outbound(ctx: &Ctx<'_>, out: &mut Vec<Named>) {
     for svc in &ctx.scope.services {
         for port in &svc.ports {
             if port.protocol == Protocol::Udp {
@@ -55,11 +55,11 @@ pub fn outbound(ctx: &Ctx<'_>, out: &mut Vec<Cluster>) {
             service_port_clusters(ctx, svc, port, out);
         }
     }
-    out.push(blackhole(ctx));
-    out.push(passthrough(ctx));
+    out.push(named(blackhole(ctx)));
+    out.push(named(passthrough(ctx)));
 }
 
-fn service_port_clusters(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort, out: &mut Vec<Cluster>) {
+fn service_port_clusters(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort, out: &mut Vec<Named>) {
     let dr = ctx.destination_rule(&svc.hostname, Some(&svc.namespace));
     let top = dr.as_ref().and_then(|d| d.spec.traffic_policy.as_ref());
     let h2_upgrade = ctx.snapshot.mesh().h2_upgrade_policy;
@@ -72,7 +72,7 @@ fn service_port_clusters(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort, out: 
         h2_upgrade,
         &svc.hostname,
     );
-    out.push(c);
+    out.push(named(c));
 
     for subset in dr.iter().flat_map(|d| d.spec.subsets.iter()) {
         let name = outbound_name(port.port, &subset.name, &svc.hostname);
@@ -83,7 +83,7 @@ fn service_port_clusters(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort, out: 
             h2_upgrade,
             &svc.hostname,
         );
-        out.push(c);
+        out.push(named(c));
     }
 }
 
@@ -168,16 +168,24 @@ fn bound_original_dst(ctx: &Ctx<'_>, name: String) -> Cluster {
 /// `inbound|<port>||` for every port the proxy's workload serves, and the inbound
 /// passthrough cluster. They forward to the original destination (the pod's own address),
 /// bound to 127.0.0.6 so the capture rules let the connection through.
-pub fn inbound(ctx: &Ctx<'_>, ports: &[(u16, Protocol)], out: &mut Vec<Cluster>) {
+pub fn inbound(ctx: &Ctx<'_>, ports: &[(u16, Protocol)], out: &mut Vec<Named>) {
     for (port, protocol) in ports {
         let mut c = bound_original_dst(ctx, inbound_name(*port));
         if protocol.is_http2() {
             Effective::default().apply(&mut c, *protocol, None, "");
         }
-        out.push(c);
+        out.push(named(c));
     }
-    out.push(bound_original_dst(
+    out.push(named(bound_original_dst(
         ctx,
         INBOUND_PASSTHROUGH_CLUSTER_IPV4.to_string(),
-    ));
+    )));
+}
+
+/// Encodes a cluster right away: the lists stay small (no large structs moved around).
+fn named(c: Cluster) -> Named {
+    Named {
+        resource: super::util::any(&c),
+        name: c.name,
+    }
 }

@@ -9,9 +9,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier,
 };
 
-use super::Ctx;
 use super::cluster::outbound_name;
 use super::util::{socket_address, u32v};
+use super::{Ctx, Named};
 use crate::registry::{Endpoint, Resolution, selects};
 
 /// A load assignment for `cluster` from registry endpoints, keeping only those whose labels
@@ -69,7 +69,7 @@ pub fn load_assignment(
 
 /// A load assignment for every EDS cluster of the proxy's scope (empty ones included, so a
 /// proxy never waits on a cluster that has no endpoints yet).
-pub fn all(ctx: &Ctx<'_>, out: &mut Vec<ClusterLoadAssignment>) {
+pub fn all(ctx: &Ctx<'_>, out: &mut Vec<Named>) {
     let registry = ctx.snapshot.registry();
     for svc in &ctx.scope.services {
         if svc.resolution != Resolution::ClientSideLb {
@@ -81,18 +81,25 @@ pub fn all(ctx: &Ctx<'_>, out: &mut Vec<ClusterLoadAssignment>) {
                 continue;
             }
             let eps = registry.endpoints(svc, port.port);
-            out.push(load_assignment(
+            out.push(named(load_assignment(
                 outbound_name(port.port, "", &svc.hostname),
                 eps,
                 None,
-            ));
+            )));
             for subset in dr.iter().flat_map(|d| d.spec.subsets.iter()) {
-                out.push(load_assignment(
+                out.push(named(load_assignment(
                     outbound_name(port.port, &subset.name, &svc.hostname),
                     eps,
                     Some(&subset.labels),
-                ));
+                )));
             }
         }
+    }
+}
+
+fn named(cla: ClusterLoadAssignment) -> Named {
+    Named {
+        resource: super::util::any(&cla),
+        name: cla.cluster_name,
     }
 }

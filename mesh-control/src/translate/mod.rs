@@ -153,8 +153,8 @@ pub fn generate(snapshot: &Snapshot, proxy: &Proxy) -> Generated {
         dr_cache: Default::default(),
     };
 
-    let mut clusters = Vec::new();
-    let mut endpoints = Vec::new();
+    let mut clusters = Vec::with_capacity(ctx.scope.services.len() * 2 + 8);
+    let mut endpoints = Vec::with_capacity(ctx.scope.services.len() * 2);
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
     cluster::outbound(&ctx, &mut clusters);
@@ -199,13 +199,8 @@ pub fn generate(snapshot: &Snapshot, proxy: &Proxy) -> Generated {
     Generated {
         listeners: sorted(listeners.iter().map(|l| pack(l.name.clone(), l)).collect()),
         routes: sorted(routes.iter().map(|r| pack(r.name.clone(), r)).collect()),
-        clusters: sorted(clusters.iter().map(|c| pack(c.name.clone(), c)).collect()),
-        endpoints: sorted(
-            endpoints
-                .iter()
-                .map(|e| pack(e.cluster_name.clone(), e))
-                .collect(),
-        ),
+        clusters: sorted(clusters),
+        endpoints: sorted(endpoints),
         secrets: Vec::new(),
     }
 }
