@@ -127,3 +127,30 @@ fn json_output_is_the_dumps_own_json() {
         "{secrets}"
     );
 }
+
+#[test]
+fn all_notes_empty_sections_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("tcp_only.json");
+    std::fs::write(
+        &f,
+        r#"{"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": [
+            {"cluster": {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "outbound|5432||db.default.svc.cluster.local", "type": "EDS"}}]}]}"#,
+    )
+    .unwrap();
+    let out = ok(&meshctl(&["pc", "all", "-f", f.to_str().unwrap()], &[]));
+    assert!(
+        out.contains("db.default.svc.cluster.local")
+            && out.contains("(no listeners)")
+            && out.contains("(no routes loaded over RDS)"),
+        "{out}"
+    );
+    // The single-type command is an error with a hint.
+    let out = meshctl(&["pc", "routes", "-f", f.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no routes found"),
+        "{}",
+        text(&out.stderr)
+    );
+}

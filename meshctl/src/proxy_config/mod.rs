@@ -104,20 +104,28 @@ async fn all(args: &AllArgs) -> Result<()> {
     match args.output {
         Output::Json | Output::Yaml => print_value(&dump.raw, args.output),
         Output::Short => {
-            print!(
-                "{}",
-                clusters::table(dump, &clusters::Filter::default())?.render()
-            );
+            // A section with nothing in it (a TCP-only proxy has no routes) is a note here,
+            // not the error it is for the single-type commands.
+            if dump.clusters()?.is_empty() {
+                println!("(no clusters)");
+            } else {
+                let t = clusters::table(dump, &clusters::Filter::default())?;
+                print!("{}", t.render());
+            }
             println!();
-            print!(
-                "{}",
-                listeners::table(dump, &listeners::Filter::default(), true)?.render()
-            );
+            if dump.listeners()?.is_empty() {
+                println!("(no listeners)");
+            } else {
+                let t = listeners::table(dump, &listeners::Filter::default(), true)?;
+                print!("{}", t.render());
+            }
             println!();
-            print!(
-                "{}",
-                routes::table(dump, &routes::Filter::default(), true)?.render()
-            );
+            if dump.routes()?.is_empty() {
+                println!("(no routes loaded over RDS)");
+            } else {
+                let t = routes::table(dump, &routes::Filter::default(), true)?;
+                print!("{}", t.render());
+            }
             let secrets = dump.secrets()?;
             if !secrets.is_empty() {
                 println!();
