@@ -6,6 +6,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod crds;
 mod demo;
 
@@ -35,6 +36,11 @@ enum Task {
         #[arg(value_enum)]
         action: Option<demo::Action>,
     },
+    /// Benchmarks and their report (target/bench/report.md).
+    Bench {
+        #[command(subcommand)]
+        task: bench::BenchTask,
+    },
 }
 
 fn main() -> Result<()> {
@@ -43,6 +49,7 @@ fn main() -> Result<()> {
         Task::Ci { no_kube } => ci(no_kube),
         Task::Crds { check } => crds::run(&root(), check),
         Task::Demo { action } => demo::run(&root(), action),
+        Task::Bench { task } => bench::run(&root(), task),
     }
 }
 
@@ -116,7 +123,9 @@ fn ci(no_kube: bool) -> Result<()> {
     if let Some(k) = kube {
         k.stop();
     }
-    result
+    result?;
+    // Every bench for a few seconds: only that each still produces numbers.
+    bench::smoke(&root())
 }
 
 /// Whether we run as root (CI does): then prerequisites are mandatory.
