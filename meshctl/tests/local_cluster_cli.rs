@@ -176,6 +176,21 @@ spec:
     let one = ok(&meshctl(&["proxy-status", "sleep"], &env));
     assert!(one.contains("Listeners"), "{one}");
 
+    // Entering a namespace needs root: a user without it is told so.
+    {
+        use std::os::unix::process::CommandExt;
+        let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+            .args(["pc", "clusters", "sleep"])
+            .env("MESH_LOCAL_DIR", &local)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.contains("needs root") && err.contains("sudo"), "{err}");
+    }
+
     // A pod without a proxy, and a stopped proxy: what to do next.
     let out = meshctl(&["pc", "clusters", "backend"], &env);
     assert_eq!(out.status.code(), Some(1));

@@ -30,9 +30,9 @@ pub enum NetnsError {
         source: std::io::Error,
     },
     #[error(
-        "entering network namespace {path} needs root (CAP_SYS_ADMIN): {errno} (hint: run meshctl with sudo)"
+        "entering network namespace {path} needs root (CAP_SYS_ADMIN): {reason} (hint: run meshctl with sudo)"
     )]
-    Permission { path: PathBuf, errno: Errno },
+    Permission { path: PathBuf, reason: String },
     #[error("cannot enter network namespace {path}: {errno}")]
     Enter { path: PathBuf, errno: Errno },
     #[error("the thread entering network namespace {path} panicked")]
@@ -55,6 +55,10 @@ pub fn connect_in(
         std::io::ErrorKind::NotFound => NetnsError::Missing {
             path: netns.to_path_buf(),
         },
+        std::io::ErrorKind::PermissionDenied => NetnsError::Permission {
+            path: netns.to_path_buf(),
+            reason: source.to_string(),
+        },
         _ => NetnsError::Open {
             path: netns.to_path_buf(),
             source,
@@ -67,7 +71,7 @@ pub fn connect_in(
             setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|errno| match errno {
                 Errno::EPERM => NetnsError::Permission {
                     path: netns.to_path_buf(),
-                    errno,
+                    reason: errno.to_string(),
                 },
                 _ => NetnsError::Enter {
                     path: netns.to_path_buf(),
