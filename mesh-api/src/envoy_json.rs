@@ -49,24 +49,44 @@ fn type_name_of(type_url: &str) -> Result<&str, EnvoyJsonError> {
         .ok_or_else(|| EnvoyJsonError::BadTypeUrl(type_url.to_string()))
 }
 
-fn options() -> SerializeOptions {
-    // Envoy's config_dump prints proto3 JSON with camelCase names and omits defaults.
+/// Which field names to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldNames {
+    /// proto3's canonical JSON names (`filterChains`): what Envoy accepts in config files and
+    /// what golden files use.
+    Json,
+    /// The names in the `.proto` files (`filter_chains`): what Envoy's admin `/config_dump`
+    /// prints, so dumps from our proxy and control plane look like Envoy's.
+    Proto,
+}
+
+fn options(names: FieldNames) -> SerializeOptions {
+    // Defaults are omitted, as Envoy does.
     SerializeOptions::new()
-        .use_proto_field_name(false)
+        .use_proto_field_name(names == FieldNames::Proto)
         .skip_default_fields(true)
 }
 
-fn dynamic_to_json(message: &DynamicMessage, type_name: &str) -> Result<Value, EnvoyJsonError> {
+fn dynamic_to_json(
+    message: &DynamicMessage,
+    type_name: &str,
+    names: FieldNames,
+) -> Result<Value, EnvoyJsonError> {
     message
-        .serialize_with_options(serde_json::value::Serializer, &options())
+        .serialize_with_options(serde_json::value::Serializer, &options(names))
         .map_err(|e| EnvoyJsonError::Serialize {
             type_name: type_name.to_string(),
             message: e.to_string(),
         })
 }
 
-/// An `Any` as Envoy prints it: the message's fields plus `"@type": "<type url>"`.
+/// An `Any` as canonical JSON: the message's fields plus `"@type": "<type url>"`.
 pub fn any_to_json(any: &Any) -> Result<Value, EnvoyJsonError> {
+    any_to_json_with(any, FieldNames::Json)
+}
+
+/// An `Any` as JSON with the chosen field names.
+pub fn any_to_json_with(any: &Any, names: FieldNames) -> Result<Value, EnvoyJsonError> {
     let type_name = type_name_of(&any.type_url)?;
     let descriptor = descriptor_pool()
         .get_message_by_name(type_name)
@@ -77,7 +97,7 @@ pub fn any_to_json(any: &Any) -> Result<Value, EnvoyJsonError> {
             source,
         }
     })?;
-    let mut json = dynamic_to_json(&message, type_name)?;
+    let mut json = dynamic_to_json(&message, type_name, names)?;
     if let Value::Object(map) = &mut json {
         // `@type` first, as Envoy prints it.
         let mut with_type = serde_json::Map::with_capacity(map.len() + 1);
@@ -90,6 +110,14 @@ pub fn any_to_json(any: &Any) -> Result<Value, EnvoyJsonError> {
 
 /// A typed Envoy message (from `envoy-types`) as canonical JSON, without `@type`.
 pub fn message_to_json<M: Message + Name>(message: &M) -> Result<Value, EnvoyJsonError> {
+    message_to_json_with(message, FieldNames::Json)
+}
+
+/// A typed Envoy message as JSON with the chosen field names, without `@type`.
+pub fn message_to_json_with<M: Message + Name>(
+    message: &M,
+    names: FieldNames,
+) -> Result<Value, EnvoyJsonError> {
     let type_name = M::full_name();
     let descriptor = descriptor_pool()
         .get_message_by_name(&type_name)
@@ -100,7 +128,7 @@ pub fn message_to_json<M: Message + Name>(message: &M) -> Result<Value, EnvoyJso
             source,
         },
     )?;
-    dynamic_to_json(&dynamic, &type_name)
+    dynamic_to_json(&dynamic, &type_name, names)
 }
 
 /// Parses Envoy's JSON (or YAML turned into JSON) into a typed message. Nested `Any`s
@@ -235,6 +263,27 @@ mod tests {
         assert_eq!(message_to_json(&cluster).unwrap(), json);
         let any = any_from_json(&any_to_json(&to_any(&cluster)).unwrap()).unwrap();
         assert_eq!(any, to_any(&cluster));
+    }
+
+    #[test]
+    fn proto_field_names_match_envoys_admin_output() {
+        let cluster = Cluster {
+            name: "c".into(),
+            connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let json = any_to_json_with(&to_any(&cluster), FieldNames::Proto).unwrap();
+        assert_eq!(
+            json,
+            json!({
+                "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                "name": "c",
+                "connect_timeout": "10s"
+            })
+        );
     }
 
     #[test]

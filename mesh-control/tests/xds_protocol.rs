@@ -414,7 +414,7 @@ async fn monitoring_endpoints() {
             configs[0]["@type"],
             "type.googleapis.com/envoy.admin.v3.ClustersConfigDump"
         );
-        let clusters = configs[0]["dynamicActiveClusters"].as_array().unwrap();
+        let clusters = configs[0]["dynamic_active_clusters"].as_array().unwrap();
         assert_eq!(clusters.len(), 2);
         assert_eq!(
             clusters[0]["cluster"]["@type"],
@@ -425,13 +425,13 @@ async fn monitoring_endpoints() {
             "outbound|9080||ratings.default.svc.cluster.local"
         );
         assert_eq!(
-            configs[1]["dynamicListeners"][0]["activeState"]["listener"]["name"],
+            configs[1]["dynamic_listeners"][0]["active_state"]["listener"]["name"],
             "0.0.0.0_9080"
         );
-        let eds = &configs[4]["dynamicEndpointConfigs"];
+        let eds = &configs[4]["dynamic_endpoint_configs"];
         assert_eq!(
-            eds[1]["endpointConfig"]["endpoints"][0]["lbEndpoints"][1]["endpoint"]["address"]["socketAddress"]
-                ["portValue"],
+            eds[1]["endpoint_config"]["endpoints"][0]["lb_endpoints"][1]["endpoint"]["address"]["socket_address"]
+                ["port_value"],
             9081
         );
     }

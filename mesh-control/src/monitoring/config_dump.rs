@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::admin::v3::{
     secrets_config_dump::DynamicSecret,
 };
 use envoy_types::pb::google::protobuf::{Any, Timestamp};
-use mesh_api::envoy_json::{EnvoyJsonError, message_to_json, to_any};
+use mesh_api::envoy_json::{EnvoyJsonError, FieldNames, message_to_json_with, to_any};
 
 use crate::xds::XdsType;
 use crate::xds::resources::ProxyResources;
@@ -57,7 +57,7 @@ pub fn config_dump(res: &ProxyResources, generated_at: SystemTime) -> ConfigDump
             .get(XdsType::Listener)
             .iter()
             .map(|(name, v)| DynamicListener {
-                name: name.clone(),
+                name: name.to_string(),
                 active_state: Some(DynamicListenerState {
                     version_info: v.version.to_string(),
                     listener: Some(v.resource.clone()),
@@ -86,7 +86,7 @@ pub fn config_dump(res: &ProxyResources, generated_at: SystemTime) -> ConfigDump
             .get(XdsType::Secret)
             .iter()
             .map(|(name, v)| DynamicSecret {
-                name: name.clone(),
+                name: name.to_string(),
                 version_info: v.version.to_string(),
                 last_updated: at,
                 secret: None,
@@ -120,10 +120,11 @@ pub fn config_dump(res: &ProxyResources, generated_at: SystemTime) -> ConfigDump
     ConfigDump { configs }
 }
 
-/// The dump as Envoy's canonical JSON.
+/// The dump as JSON with the proto field names, exactly as Envoy's admin prints its own
+/// `/config_dump`, so a proxy's dump and the control plane's can be compared key for key.
 pub fn config_dump_json(
     res: &ProxyResources,
     generated_at: SystemTime,
 ) -> Result<serde_json::Value, EnvoyJsonError> {
-    message_to_json(&config_dump(res, generated_at))
+    message_to_json_with(&config_dump(res, generated_at), FieldNames::Proto)
 }
