@@ -156,7 +156,7 @@ pub fn warn_rejected(dump: &ConfigDump, kind: Option<&str>) {
         .collect();
     for r in rejected {
         eprintln!(
-            "warning: the proxy rejected {} {:?} (version {}): {} (it keeps serving the last accepted version)",
+            "warning: the proxy rejected {} {:?} (version {}): {} (the proxy keeps serving its previous version, if it had one)",
             r.kind, r.name, r.version, r.details
         );
     }
