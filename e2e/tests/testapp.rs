@@ -275,6 +275,72 @@ async fn client_totals_per_version_and_pod_with_rate_and_concurrency() {
 }
 
 #[tokio::test]
+async fn kept_answers_in_request_order_with_a_varying_header() {
+    let srv = start("v1").await;
+    let mut cfg = ClientConfig::new(
+        format!("http://{}/?status=418", srv.http[0]),
+        Protocol::Http1,
+    );
+    cfg.requests = 12;
+    cfg.concurrency = 3;
+    cfg.keep = 10;
+    cfg.vary_header = Some(("x-user".into(), 4));
+    let r = client::run(cfg).await.unwrap();
+    assert_eq!(r.answers.len(), 10, "{r:?}");
+    for (i, a) in r.answers.iter().enumerate() {
+        assert_eq!(a["headers"]["x-user"], format!("k{}", i % 4), "{a}");
+        assert_eq!(a["status"], 418);
+    }
+    // The report round-trips through its JSON (scenarios read it from the client's stdout).
+    let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    assert_eq!(back, r);
+    assert_eq!(back.status("418"), 12);
+
+    // A body that is not the app's JSON is kept as text with its status.
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = plain.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = plain.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        s.write_all(
+            b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope",
+        )
+        .await
+        .unwrap();
+    });
+    let mut cfg = ClientConfig::new(format!("http://{addr}/"), Protocol::Http1);
+    cfg.keep = 1;
+    let r = client::run(cfg).await.unwrap();
+    assert_eq!(r.answers[0]["status"], 502, "{r:?}");
+    assert_eq!(r.answers[0]["body"], "nope");
+}
+
+#[tokio::test]
+async fn pod_control_makes_only_the_named_pod_misbehave() {
+    let srv = start("v1").await;
+    let here = format!(
+        "http://{}/?status=500&delay=300ms&pod=catalog-v1-0",
+        srv.http[0]
+    );
+    let (status, _) = fetch(&here, &[]).await;
+    assert_eq!(status, 500);
+    let t = std::time::Instant::now();
+    let other = format!(
+        "http://{}/?status=500&delay=2s&pod=catalog-v2-0&key=k",
+        srv.http[0]
+    );
+    let (status, v) = fetch(&other, &[]).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "the delay is for the other pod"
+    );
+    assert_eq!(v["count"], 1, "requests are still counted: {v}");
+}
+
+#[tokio::test]
 async fn connect_to_keeps_the_authority() {
     let srv = start("v1").await;
     let mut cfg = ClientConfig::new("http://catalog.example.com/", Protocol::Http1);

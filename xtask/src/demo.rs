@@ -29,7 +29,7 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 pub fn run(root: &Path, action: Option<Action>) -> Result<()> {
-    if !nix_is_root() {
+    if !is_root() {
         bail!(
             "the demo creates network namespaces and iptables rules: run it as root (sudo -E cargo xtask demo)"
         );
@@ -61,20 +61,21 @@ pub fn run(root: &Path, action: Option<Action>) -> Result<()> {
     Err(err).context("cannot run mesh-local")
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
 }
 
-fn nix_is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-fn install_missing() -> Result<()> {
+/// Installs the Debian packages of [`TOOLS`] that are missing.
+pub fn install_missing() -> Result<()> {
     let mut packages: Vec<&str> = TOOLS
         .iter()
         .filter(|(path, _)| !Path::new(path).exists())

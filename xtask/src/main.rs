@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod crds;
 mod demo;
+mod e2e;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Project tasks")]
@@ -36,6 +37,15 @@ enum Task {
         #[arg(value_enum)]
         action: Option<demo::Action>,
     },
+    /// Run the end-to-end scenarios on the local cluster (root), a fresh cluster each.
+    E2e {
+        /// Run only this scenario (repeatable); `target/debug/mesh-e2e --list` lists them.
+        #[arg(long = "scenario", value_name = "NAME")]
+        scenarios: Vec<String>,
+        /// Leave the cluster of the first failing (or the last) scenario running.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Benchmarks and their report (target/bench/report.md).
     Bench {
         #[command(subcommand)]
@@ -49,6 +59,7 @@ fn main() -> Result<()> {
         Task::Ci { no_kube } => ci(no_kube),
         Task::Crds { check } => crds::run(&root(), check),
         Task::Demo { action } => demo::run(&root(), action),
+        Task::E2e { scenarios, keep } => e2e::run(&root(), &scenarios, keep),
         Task::Bench { task } => bench::run(&root(), task),
     }
 }
@@ -124,6 +135,12 @@ fn ci(no_kube: bool) -> Result<()> {
         k.stop();
     }
     result?;
+    // The end-to-end scenarios need root (CI runs as root).
+    if strict {
+        e2e::run(&root(), &[], false)?;
+    } else {
+        eprintln!("==> e2e: skipped (needs root; run `sudo -E cargo xtask e2e`)");
+    }
     // Every bench for a few seconds: only that each still produces numbers.
     bench::smoke(&root())
 }

@@ -71,6 +71,12 @@ enum Cmd {
         /// gRPC controls, e.g. "delay=100ms&status=503".
         #[arg(long)]
         grpc_query: Option<String>,
+        /// Include the first N answers (in request order) in the report.
+        #[arg(long, default_value_t = 0)]
+        keep: usize,
+        /// Set header NAME to k<i mod COUNT> on request i: NAME:COUNT (e.g. x-user:40).
+        #[arg(long, value_name = "NAME:COUNT")]
+        vary_header: Option<String>,
     },
 }
 
@@ -114,6 +120,8 @@ async fn main() -> Result<()> {
             timeout,
             connect_to,
             grpc_query,
+            keep,
+            vary_header,
         } => {
             let mut cfg = ClientConfig::new(url, protocol);
             cfg.requests = requests;
@@ -136,6 +144,18 @@ async fn main() -> Result<()> {
                 })?;
             cfg.connect_to = connect_to;
             cfg.grpc_query = grpc_query;
+            cfg.keep = keep;
+            cfg.vary_header = vary_header
+                .map(|v| {
+                    let (name, count) = v
+                        .rsplit_once(':')
+                        .with_context(|| format!("--vary-header {v:?}: expected NAME:COUNT"))?;
+                    let count: u64 = count.parse().ok().filter(|c| *c > 0).with_context(|| {
+                        format!("--vary-header {v:?}: COUNT must be a positive number")
+                    })?;
+                    Ok::<_, anyhow::Error>((name.to_string(), count))
+                })
+                .transpose()?;
             let report = client::run(cfg).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())

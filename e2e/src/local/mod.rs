@@ -18,17 +18,20 @@ pub mod manifest;
 pub mod net;
 pub mod proc;
 pub mod state;
+pub mod sync;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::cluster::{Cluster, PodInfo, ServiceInfo};
+use crate::cluster::{Caller, ClientArgs, Cluster, PodInfo, ServiceInfo};
+use crate::testapp::client::Report;
 use manifest::{PodKind, PodSpec, ServiceSpec};
 use state::{PodState, ServiceState, State};
 
@@ -126,6 +129,8 @@ pub struct LocalCluster {
     proxy_ready_timeout: Duration,
     state: Mutex<State>,
     owned: bool,
+    /// The last sync marker written (see [`sync`]).
+    sync_seq: AtomicU64,
 }
 
 fn config_dir(dir: &Path) -> PathBuf {
@@ -188,6 +193,7 @@ impl LocalCluster {
             proxy_ready_timeout: cfg.proxy_ready_timeout,
             state: Mutex::new(state.clone()),
             owned: true,
+            sync_seq: AtomicU64::new(0),
         };
         net::create_node(&state.node_netns)?;
         if let Some(host_if) = &state.host_link {
@@ -214,6 +220,7 @@ impl LocalCluster {
             proxy_ready_timeout: Duration::from_secs(30),
             state: Mutex::new(state),
             owned: false,
+            sync_seq: AtomicU64::new(0),
         })
     }
 
@@ -858,6 +865,90 @@ impl Cluster for LocalCluster {
             })
             .filter(|p| !p.ip.is_empty())
             .map(|p| format!("http://{}:80", p.ip))
+    }
+
+    fn add_pod(&self, spec: PodSpec) -> Result<PodInfo> {
+        LocalCluster::add_pod(self, spec)
+    }
+
+    fn remove_pod(&self, name: &str, namespace: &str) -> Result<()> {
+        LocalCluster::remove_pod(self, name, namespace)
+    }
+
+    fn add_service(&self, spec: ServiceSpec) -> Result<ServiceInfo> {
+        LocalCluster::add_service(self, spec)
+    }
+
+    fn wait_synced(&self, timeout: Duration) -> Result<()> {
+        let seq = self.sync_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let marker = sync::write_marker(&self.config_dir(), seq)?;
+        sync::wait_converged(
+            &self.state(),
+            &self.config_dir(),
+            &marker,
+            &format!("127.0.0.1:{MONITORING_PORT}"),
+            timeout,
+        )
+    }
+
+    fn client(&self, from: Caller<'_>, args: &ClientArgs) -> Result<Report> {
+        let bin = self.bins.testapp.display().to_string();
+        let mut argv = vec![bin];
+        argv.extend(args.to_args());
+        let (out, who) = match from {
+            Caller::Pod { pod, namespace } => {
+                let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+                (
+                    self.exec(pod, namespace, &refs)?,
+                    format!("pod {namespace}/{pod}"),
+                )
+            }
+            Caller::Outside => (
+                std::process::Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .output()
+                    .with_context(|| format!("cannot run {}", argv[0]))?,
+                "the host".to_string(),
+            ),
+        };
+        if !out.status.success() {
+            bail!(
+                "testapp client in {who} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "testapp client in {who}: unreadable report {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    fn proxy_admin(&self, pod: &str, namespace: &str, path: &str) -> Result<String> {
+        let p = self.find_pod(pod, namespace)?;
+        let (status, body) = sync::get_in(&p.netns, "127.0.0.1:15000", path)?;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        if status != 200 {
+            bail!(
+                "proxy admin of {namespace}/{}: GET {path} answered {status}: {}",
+                p.spec.name,
+                body.trim()
+            );
+        }
+        Ok(body)
+    }
+
+    fn proxy_log(&self, pod: &str, namespace: &str) -> Result<String> {
+        let p = self.find_pod(pod, namespace)?;
+        let log = p
+            .procs
+            .iter()
+            .find(|pr| pr.what == "mesh-proxy")
+            .map(|pr| pr.log.clone())
+            .with_context(|| format!("pod {namespace}/{} has no proxy", p.spec.name))?;
+        std::fs::read_to_string(&log).with_context(|| format!("cannot read {}", log.display()))
     }
 }
 

@@ -64,7 +64,14 @@ pub fn spawn(
     env: &[(String, String)],
     log: &Path,
 ) -> Result<Proc> {
-    let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    // Append mode: a process that also opens its own stdout by path (an access log at
+    // /dev/stdout) then writes at the end instead of over earlier lines.
+    let _ = std::fs::remove_file(log);
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot create {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = command(netns, uid, argv);
     // Own process group: a Ctrl-C meant for the harness does not hit the pods' processes

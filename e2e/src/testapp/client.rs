@@ -1,6 +1,7 @@
 //! Client mode: sends N requests (bounded concurrency, optional rate) over HTTP/1.1,
 //! HTTP/2 (h2c), gRPC, raw TCP or WebSocket, and reports totals per responding service,
-//! version and pod, per status, per error kind, with latency percentiles.
+//! version and pod, per status, per error kind, with latency percentiles; on request, the
+//! first answers themselves (for assertions on echoed headers and paths).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,8 +17,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -63,6 +64,11 @@ pub struct ClientConfig {
     pub connect_to: Option<SocketAddr>,
     /// gRPC controls (sent as x-testapp-query).
     pub grpc_query: Option<String>,
+    /// Keep this many answers (in request order) in the report.
+    pub keep: usize,
+    /// Set this header to `k<i mod count>` on request `i` (spreads requests over `count`
+    /// keys, e.g. for consistent-hash routing).
+    pub vary_header: Option<(String, u64)>,
 }
 
 impl ClientConfig {
@@ -79,6 +85,8 @@ impl ClientConfig {
             timeout: Duration::from_secs(10),
             connect_to: None,
             grpc_query: None,
+            keep: 0,
+            vary_header: None,
         }
     }
 }
@@ -95,7 +103,7 @@ pub fn parse_header(s: &str) -> Result<(String, String), ClientError> {
     Ok((k.to_string(), v.trim().to_string()))
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Latency {
     pub p50: f64,
     pub p90: f64,
@@ -104,7 +112,7 @@ pub struct Latency {
 }
 
 /// The totals, printed as one JSON document.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     pub total: u64,
     /// Answers with a 2xx status (HTTP) or OK (gRPC, TCP, WebSocket).
@@ -116,14 +124,42 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub latency_ms: Latency,
     pub duration_ms: f64,
+    /// The first `keep` answers in request order: the test app's JSON, or
+    /// `{"status": N, "body": TEXT}` for anything else (a proxy's local reply), or
+    /// `{"error": KIND}` when there was no answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<Value>,
+}
+
+impl Report {
+    /// Answers with this HTTP status (as a string key of `by_status`).
+    pub fn status(&self, code: &str) -> u64 {
+        self.by_status.get(code).copied().unwrap_or(0)
+    }
+
+    pub fn version(&self, v: &str) -> u64 {
+        self.by_version.get(v).copied().unwrap_or(0)
+    }
+
+    pub fn pod(&self, p: &str) -> u64 {
+        self.by_pod.get(p).copied().unwrap_or(0)
+    }
+
+    /// Requests that got no answer at all, of any error kind.
+    pub fn failed(&self) -> u64 {
+        self.errors.values().sum()
+    }
 }
 
 /// One request's outcome.
 #[derive(Debug, Default)]
 struct Sample {
+    index: u64,
     status: Option<String>,
     ok: bool,
     answer: Option<Value>,
+    /// A body that is not the test app's JSON (kept only when answers are kept).
+    other_body: Option<String>,
     error: Option<String>,
     micros: u64,
 }
@@ -250,7 +286,8 @@ pub async fn run(cfg: ClientConfig) -> Result<Report, ClientError> {
                         .await;
                 }
                 let t0 = Instant::now();
-                let mut s = match tokio::time::timeout(cfg.timeout, one(&cfg, &transport)).await {
+                let mut s = match tokio::time::timeout(cfg.timeout, one(&cfg, &transport, i)).await
+                {
                     Ok(s) => s,
                     Err(_) => Sample {
                         error: Some("timeout".into()),
@@ -258,6 +295,7 @@ pub async fn run(cfg: ClientConfig) -> Result<Report, ClientError> {
                     },
                 };
                 s.micros = t0.elapsed().as_micros() as u64;
+                s.index = i;
                 samples.push(s);
             }
             samples
@@ -265,8 +303,12 @@ pub async fn run(cfg: ClientConfig) -> Result<Report, ClientError> {
     }
     let mut report = Report::default();
     let mut lat = Vec::with_capacity(cfg.requests as usize);
+    let mut kept: Vec<(u64, Value)> = Vec::new();
     for t in tasks {
         for s in t.await.unwrap_or_default() {
+            if s.index < cfg.keep as u64 {
+                kept.push((s.index, kept_answer(&s)));
+            }
             report.total += 1;
             lat.push(s.micros);
             if s.ok {
@@ -291,6 +333,8 @@ pub async fn run(cfg: ClientConfig) -> Result<Report, ClientError> {
             }
         }
     }
+    kept.sort_by_key(|(i, _)| *i);
+    report.answers = kept.into_iter().map(|(_, a)| a).collect();
     report.duration_ms = start.elapsed().as_secs_f64() * 1e3;
     lat.sort_unstable();
     let pct = |p: f64| {
@@ -304,6 +348,16 @@ pub async fn run(cfg: ClientConfig) -> Result<Report, ClientError> {
         max: lat.last().map_or(0.0, |&us| us as f64 / 1e3),
     };
     Ok(report)
+}
+
+fn kept_answer(s: &Sample) -> Value {
+    if let Some(a) = &s.answer {
+        return a.clone();
+    }
+    if let Some(e) = &s.error {
+        return json!({"status": s.status, "error": e});
+    }
+    json!({"status": s.status.as_deref().and_then(|c| c.parse::<u16>().ok()), "body": s.other_body})
 }
 
 /// Error kinds, coarse enough to add up: connect, reset, timeout, protocol, other.
@@ -333,7 +387,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
-async fn one(cfg: &ClientConfig, transport: &Transport) -> Sample {
+async fn one(cfg: &ClientConfig, transport: &Transport, i: u64) -> Sample {
     match transport {
         Transport::Http(client, uri) => {
             let mut req = Request::builder()
@@ -341,6 +395,9 @@ async fn one(cfg: &ClientConfig, transport: &Transport) -> Sample {
                 .uri(uri.clone());
             for (k, v) in &cfg.headers {
                 req = req.header(k.as_str(), v.as_str());
+            }
+            if let Some((name, count)) = &cfg.vary_header {
+                req = req.header(name.as_str(), format!("k{}", i % (*count).max(1)));
             }
             let body = Full::new(Bytes::from(cfg.body.clone().unwrap_or_default()));
             let req = match req.body(body) {
@@ -357,12 +414,19 @@ async fn one(cfg: &ClientConfig, transport: &Transport) -> Sample {
                     let status = resp.status();
                     let body = resp.into_body().collect().await.map(|b| b.to_bytes());
                     match body {
-                        Ok(b) => Sample {
-                            status: Some(status.as_u16().to_string()),
-                            ok: status.is_success(),
-                            answer: serde_json::from_slice(&b).ok(),
-                            ..Default::default()
-                        },
+                        Ok(b) => {
+                            let answer: Option<Value> = serde_json::from_slice(&b).ok();
+                            let other_body = (answer.is_none() && cfg.keep > 0).then(|| {
+                                String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned()
+                            });
+                            Sample {
+                                status: Some(status.as_u16().to_string()),
+                                ok: status.is_success(),
+                                answer,
+                                other_body,
+                                ..Default::default()
+                            }
+                        }
                         Err(e) => Sample {
                             status: Some(status.as_u16().to_string()),
                             error: Some(classify(&e)),

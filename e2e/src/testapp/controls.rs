@@ -1,6 +1,9 @@
 //! Per-request controls, given as query parameters (HTTP) or as the `query` field of the
 //! gRPC request: `delay=500ms`, `status=503`, `reset=1`, `fail_first=N&key=K`,
-//! `call=URL` (make a downstream call, propagating trace headers).
+//! `call=URL` (make a downstream call, propagating trace headers), and `pod=NAME`: the
+//! delay, status, reset and fail_first controls act only in the pod named NAME (so one
+//! endpoint of a service can be made slow or failing while its peers answer normally, and
+//! a mirror target can be slowed without slowing the primary).
 
 use std::time::Duration;
 
@@ -27,6 +30,8 @@ pub struct Controls {
     pub fail_first: Option<u64>,
     pub key: Option<String>,
     pub call: Option<String>,
+    /// Only the pod with this name obeys delay/status/reset/fail_first.
+    pub pod: Option<String>,
 }
 
 impl Controls {
@@ -56,6 +61,7 @@ impl Controls {
                 }
                 "key" => c.key = Some(v),
                 "call" => c.call = Some(v),
+                "pod" => c.pod = Some(v),
                 _ => {}
             }
         }
@@ -63,6 +69,20 @@ impl Controls {
             return Err(ControlError::FailFirstWithoutKey);
         }
         Ok(c)
+    }
+
+    /// The controls that act in the pod `pod`: all of them when no `pod=` was given or it
+    /// names this pod; otherwise only the bookkeeping (`key`) and `call`.
+    pub fn for_pod(self, pod: &str) -> Controls {
+        match &self.pod {
+            Some(only) if only != pod => Controls {
+                key: self.key,
+                call: self.call,
+                pod: self.pod,
+                ..Controls::default()
+            },
+            _ => self,
+        }
     }
 }
 
@@ -154,6 +174,24 @@ mod tests {
         assert_eq!(c.key.as_deref(), Some("k1"));
         assert_eq!(c.call.as_deref(), Some("http://b:80/x"));
         assert_eq!(Controls::parse("").unwrap(), Controls::default());
+    }
+
+    #[test]
+    fn pod_gates_the_failure_controls() {
+        let c = Controls::parse("delay=2s&status=500&reset=1&fail_first=1&key=k&pod=b-2").unwrap();
+        let elsewhere = c.clone().for_pod("b-1");
+        assert_eq!(elsewhere.delay, None);
+        assert_eq!(elsewhere.status, None);
+        assert!(!elsewhere.reset);
+        assert_eq!(elsewhere.fail_first, None);
+        assert_eq!(
+            elsewhere.key.as_deref(),
+            Some("k"),
+            "requests are still counted"
+        );
+        assert_eq!(c.clone().for_pod("b-2"), c);
+        let ungated = Controls::parse("status=503").unwrap();
+        assert_eq!(ungated.clone().for_pod("any"), ungated);
     }
 
     #[test]

@@ -208,7 +208,7 @@ async fn handle(
     }
 
     let controls = match Controls::parse(&query) {
-        Ok(c) => c,
+        Ok(c) => c.for_pod(&id.pod),
         Err(e) if is_grpc => {
             return Ok(grpc_status(tonic::Status::invalid_argument(e.to_string())));
         }

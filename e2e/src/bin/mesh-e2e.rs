@@ -1,0 +1,83 @@
+//! `mesh-e2e`: runs the end-to-end scenarios on the local backend (what `cargo xtask e2e`
+//! runs), each on a fresh local cluster in `$MESH_LOCAL_DIR` (default /run/mesh-local).
+//! Exits non-zero when any scenario fails.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use e2e::local::{ClusterConfig, state::State};
+use e2e::scenarios::{self, runner};
+
+#[derive(Parser)]
+#[command(
+    name = "mesh-e2e",
+    about = "End-to-end scenarios on the local cluster (root)"
+)]
+struct Cli {
+    /// Run only this scenario (repeatable); see --list.
+    #[arg(long = "scenario", value_name = "NAME")]
+    scenarios: Vec<String>,
+    /// Leave the cluster of the first failing scenario (or of the last one) running.
+    #[arg(long)]
+    keep: bool,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list: bool,
+    /// Where a failing scenario's logs, config and sync state are copied.
+    #[arg(long, default_value = "/tmp/mesh-e2e-artifacts")]
+    artifacts: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.list {
+        for s in scenarios::ALL {
+            println!("{:<20} issue {}  {}", s.name, s.issue, s.about);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let selected = match scenarios::select(&cli.scenarios) {
+        Ok(s) => s,
+        Err(unknown) => {
+            eprintln!("mesh-e2e: no scenario {unknown:?} (see --list)");
+            return ExitCode::from(2);
+        }
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "mesh-e2e: the scenarios run on the local cluster, which needs root (network namespaces, iptables): run as root or with sudo -E"
+        );
+        return ExitCode::from(2);
+    }
+    let cluster = ClusterConfig::from_env();
+    match State::load(&cluster.dir) {
+        Ok(None) => {}
+        Ok(Some(_)) => {
+            eprintln!(
+                "mesh-e2e: a local cluster is already up in {} (the demo?): the scenarios need the machine's one host link; run `cargo xtask demo down` first",
+                cluster.dir.display()
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("mesh-e2e: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
+    let t = Instant::now();
+    let outcomes = runner::run(&runner::Options {
+        scenarios: selected,
+        keep: cli.keep,
+        artifacts: cli.artifacts,
+        cluster,
+    });
+    let (text, ok) = runner::summary(&outcomes, t.elapsed());
+    eprintln!("\n{text}");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
