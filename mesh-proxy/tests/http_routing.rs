@@ -530,7 +530,18 @@ fn unsupported_route_fields_are_nacked_by_name() {
     assert!(e.field.ends_with("weighted_clusters.total_weight"), "{e}");
     let e = route_err(&base(
         json!({"match": {"prefix": "/"}, "route": {"cluster": "c"}, "typed_per_filter_config": {
-        "envoy.filters.http.fault": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}}),
+        "envoy.filters.http.rbac": {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"}}}),
     ));
-    assert!(e.message.contains("envoy.filters.http.fault"), "{e}");
+    assert!(e.message.contains("envoy.filters.http.rbac"), "{e}");
+    // A per-route fault config that cannot apply is NACKed by field.
+    let e = route_err(&base(
+        json!({"match": {"prefix": "/"}, "route": {"cluster": "c"}, "typed_per_filter_config": {
+        "envoy.filters.http.fault": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "abort": {"http_status": 99}}}}),
+    ));
+    assert_eq!(
+        e.field,
+        "virtual_hosts[0].routes[0].typed_per_filter_config[\"envoy.filters.http.fault\"].abort.http_status",
+        "{e}"
+    );
 }

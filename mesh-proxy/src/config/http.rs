@@ -27,7 +27,10 @@ use super::{
     ConfigError, duration,
     route::{RouteConfiguration, route_configuration},
 };
-use crate::accesslog::AccessLogConfig;
+use crate::{
+    accesslog::AccessLogConfig,
+    http::filters::{self, FilterEntry},
+};
 
 pub const HCM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
@@ -54,11 +57,6 @@ pub struct RouterConfig {
     /// Do not add `x-envoy-*` headers to upstream requests or downstream responses.
     pub suppress_envoy_headers: bool,
     pub respect_expected_rq_timeout: bool,
-}
-
-#[derive(Debug, Clone)]
-pub enum HttpFilter {
-    Router(RouterConfig),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +87,8 @@ pub struct HttpConnectionManager {
     pub stat_prefix: Arc<str>,
     pub codec: Codec,
     pub routes: RouteSource,
-    pub http_filters: Vec<HttpFilter>,
+    /// The filters before the router, in order.
+    pub http_filters: Vec<FilterEntry>,
     pub router: RouterConfig,
     pub server_name: HeaderValue,
     pub server_header: ServerHeader,
@@ -507,9 +506,10 @@ pub fn http_connection_manager(
     })
 }
 
-fn filters(list: &[hpb::HttpFilter]) -> Result<(Vec<HttpFilter>, RouterConfig), ConfigError> {
+fn filters(list: &[hpb::HttpFilter]) -> Result<(Vec<FilterEntry>, RouterConfig), ConfigError> {
     let mut out = Vec::new();
     let mut router = None;
+    let mut names = std::collections::HashSet::new();
     for (i, f) in list.iter().enumerate() {
         let field = format!("http_filters[{i}]");
         if router.is_some() {
@@ -521,7 +521,13 @@ fn filters(list: &[hpb::HttpFilter]) -> Result<(Vec<HttpFilter>, RouterConfig), 
                 ),
             ));
         }
-        let type_url = match &f.config_type {
+        if !names.insert(f.name.as_str()) {
+            return Err(ConfigError::field(
+                format!("{field}.name"),
+                format!("duplicate http filter name {:?}", f.name),
+            ));
+        }
+        let typed = match &f.config_type {
             Some(ConfigType::TypedConfig(any)) => Some(any),
             Some(ConfigType::ConfigDiscovery(_)) => {
                 return Err(ConfigError::field(
@@ -534,32 +540,41 @@ fn filters(list: &[hpb::HttpFilter]) -> Result<(Vec<HttpFilter>, RouterConfig), 
             }
             None => None,
         };
-        let is_router = match type_url {
+        let is_router = match typed {
             Some(any) => any.type_url == ROUTER_TYPE_URL,
             None => f.name == "envoy.filters.http.router",
         };
         if is_router {
-            let cfg = match type_url {
+            let cfg = match typed {
                 Some(any) => router_config(any).map_err(|e| e.at(&field))?,
                 None => RouterConfig::default(),
             };
-            out.push(HttpFilter::Router(cfg.clone()));
             router = Some(cfg);
             continue;
         }
-        // An optional filter we do not know is skipped, as Envoy does; a disabled one
-        // could only be enabled per route, which the route config would reject.
-        if f.is_optional || f.disabled {
-            continue;
+        let filter = match typed {
+            Some(any) => filters::from_hcm(any).map_err(|e| e.at(&field))?,
+            None => None,
+        };
+        match filter {
+            Some(filter) => out.push(FilterEntry {
+                name: Arc::from(f.name.as_str()),
+                disabled: f.disabled,
+                filter,
+            }),
+            // An optional filter we do not know is skipped, as Envoy does.
+            None if f.is_optional => {}
+            None => {
+                let what = typed.map_or_else(
+                    || f.name.clone(),
+                    |a| format!("{} ({})", f.name, a.type_url),
+                );
+                return Err(ConfigError::field(
+                    field,
+                    format!("http filter {what} is not supported"),
+                ));
+            }
         }
-        let what = type_url.map_or_else(
-            || f.name.clone(),
-            |a| format!("{} ({})", f.name, a.type_url),
-        );
-        return Err(ConfigError::field(
-            field.to_string(),
-            format!("http filter {what} is not supported"),
-        ));
     }
     let router = router.ok_or_else(|| {
         ConfigError::field(
@@ -647,9 +662,9 @@ mod tests {
     #[test]
     fn unknown_filters_are_named() {
         let fault = PbFilter {
-            name: "envoy.filters.http.fault".into(),
+            name: "envoy.filters.http.buffer".into(),
             config_type: Some(ConfigType::TypedConfig(Any {
-                type_url: "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+                type_url: "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
                     .into(),
                 value: vec![],
             })),
@@ -658,7 +673,7 @@ mod tests {
         let e = HttpConnectionManager::try_from(&hcm(vec![fault.clone(), router_filter()]))
             .expect_err("nack");
         assert_eq!(e.field, "http_filters[0]");
-        assert!(e.message.contains("envoy.filters.http.fault"), "{e}");
+        assert!(e.message.contains("envoy.filters.http.buffer"), "{e}");
         let optional = PbFilter {
             is_optional: true,
             ..fault

@@ -15,6 +15,10 @@ use envoy_types::pb::{
     google::protobuf::Any,
 };
 
+use crate::http::filters::{
+    RouteFilterConfig, cors::CorsPolicy, route_config as route_filter_config,
+};
+
 use super::{
     ConfigError,
     route_action::{
@@ -27,55 +31,70 @@ use super::{
 
 const TYPE_FILTER_CONFIG: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
 
-/// Per-filter overrides (`typed_per_filter_config`), kept for the filters that consume
-/// them. The router has none; an override for any other filter is rejected unless it is
-/// optional or disables the filter, because an override we cannot apply changes traffic.
+/// Per-filter overrides (`typed_per_filter_config`), keyed by filter name and parsed
+/// here by their type (fault, CORS policy, local rate limit). A config of any other type
+/// is rejected unless it is optional (then ignored, as Envoy does) or only disables the
+/// filter, because an override we cannot apply changes traffic.
 #[derive(Debug, Clone, Default)]
 pub struct FilterConfigs(pub HashMap<String, FilterOverride>);
 
 #[derive(Debug, Clone)]
 pub struct FilterOverride {
+    /// `FilterConfig.disabled`: the filter is off for this route.
     pub disabled: bool,
-    pub optional: bool,
-    /// The filter-specific config (`Any`), decoded by the filter that owns it.
-    pub config: Option<Arc<Any>>,
+    /// The parsed config (`None` for a bare `FilterConfig` that only enables or disables).
+    pub config: Option<RouteFilterConfig>,
 }
-
-/// Filters whose per-route overrides this proxy applies. Empty until the filter owners
-/// (fault, cors, rbac, local rate limit) add theirs.
-pub const FILTERS_WITH_ROUTE_OVERRIDES: &[&str] = &[];
 
 impl FilterConfigs {
     pub fn try_from_proto(m: &HashMap<String, Any>, field: &str) -> Result<Self, ConfigError> {
         let mut out = HashMap::new();
         for (name, any) in m {
             let f = format!("{field}[{name:?}]");
-            let mut o = FilterOverride {
-                disabled: false,
-                optional: false,
-                config: Some(Arc::new(any.clone())),
-            };
-            if any.type_url == TYPE_FILTER_CONFIG {
+            let (disabled, optional, inner) = if any.type_url == TYPE_FILTER_CONFIG {
                 let fc: rpb::FilterConfig =
                     prost::Message::decode(any.value.as_slice()).map_err(|e| {
                         ConfigError::field(&f, format!("cannot decode FilterConfig: {e}"))
                     })?;
-                o = FilterOverride {
-                    disabled: fc.disabled,
-                    optional: fc.is_optional,
-                    config: fc.config.map(Arc::new),
-                };
-            }
-            if !o.disabled && !o.optional && !FILTERS_WITH_ROUTE_OVERRIDES.contains(&name.as_str())
-            {
-                return Err(ConfigError::field(
-                    f,
-                    format!("per-route config for http filter {name:?} is not supported"),
-                ));
-            }
-            out.insert(name.clone(), o);
+                (fc.disabled, fc.is_optional, fc.config)
+            } else {
+                (false, false, Some(any.clone()))
+            };
+            let config = match &inner {
+                None => None,
+                Some(any) => match route_filter_config(any) {
+                    Ok(Some(c)) => Some(c),
+                    // Unknown but optional: ignored. Unknown but disabling: the filter
+                    // cannot run anyway.
+                    Ok(None) if optional || disabled => {
+                        if optional && !disabled {
+                            continue;
+                        }
+                        None
+                    }
+                    Ok(None) => {
+                        return Err(ConfigError::field(
+                            f,
+                            format!(
+                                "per-route config {} for http filter {name:?} is not supported",
+                                any.type_url
+                            ),
+                        ));
+                    }
+                    Err(e) => return Err(e.at(&f)),
+                },
+            };
+            out.insert(name.clone(), FilterOverride { disabled, config });
         }
         Ok(FilterConfigs(out))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&FilterOverride> {
+        self.0.get(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -107,7 +126,13 @@ pub struct VirtualHost {
     pub request_mirror_policies: Vec<MirrorPolicy>,
     pub include_request_attempt_count: bool,
     pub include_attempt_count_in_response: bool,
+    /// `x-envoy-is-timeout-retry: true` on retries after a per-try timeout.
+    pub include_is_timeout_retry_header: bool,
     pub typed_per_filter_config: FilterConfigs,
+    /// The deprecated `cors` policy (used by the CORS filter when no per-filter config).
+    pub cors: Option<Arc<CorsPolicy>>,
+    /// `request_body_buffer_limit` / `per_request_buffer_limit_bytes`.
+    pub buffer_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +145,8 @@ pub struct Route {
     pub typed_per_filter_config: FilterConfigs,
     /// `decorator.operation`, descriptive (tracing).
     pub operation: Option<String>,
+    /// `request_body_buffer_limit` / `per_request_buffer_limit_bytes`.
+    pub buffer_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -296,11 +323,34 @@ fn virtual_host(p: &rpb::VirtualHost, max_body: usize) -> Result<VirtualHost, Co
         request_mirror_policies: mirrors(&p.request_mirror_policies, "request_mirror_policies")?,
         include_request_attempt_count: p.include_request_attempt_count,
         include_attempt_count_in_response: p.include_attempt_count_in_response,
+        include_is_timeout_retry_header: p.include_is_timeout_retry_header,
         typed_per_filter_config: FilterConfigs::try_from_proto(
             &p.typed_per_filter_config,
             "typed_per_filter_config",
         )?,
+        cors: p
+            .cors
+            .as_ref()
+            .map(|c| CorsPolicy::try_from_route_proto(c).map(Arc::new))
+            .transpose()
+            .map_err(|e| e.at("cors"))?,
+        buffer_limit: buffer_limit(
+            p.per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
+            p.request_body_buffer_limit.as_ref().map(|v| v.value),
+        )?,
     })
+}
+
+/// Envoy's rule: `request_body_buffer_limit` wins; only one of the two may be set.
+fn buffer_limit(per_request: Option<u32>, body: Option<u64>) -> Result<Option<u64>, ConfigError> {
+    match (per_request, body) {
+        (Some(_), Some(_)) => Err(ConfigError::field(
+            "request_body_buffer_limit",
+            "only one of per_request_buffer_limit_bytes and request_body_buffer_limit may be set",
+        )),
+        (Some(p), None) => Ok(Some(u64::from(p))),
+        (None, b) => Ok(b),
+    }
 }
 
 fn route(p: &rpb::Route, max_body: usize) -> Result<Route, ConfigError> {
@@ -368,6 +418,10 @@ fn route(p: &rpb::Route, max_body: usize) -> Result<Route, ConfigError> {
             "typed_per_filter_config",
         )?,
         operation: p.decorator.as_ref().map(|d| d.operation.clone()),
+        buffer_limit: buffer_limit(
+            p.per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
+            p.request_body_buffer_limit.as_ref().map(|v| v.value),
+        )?,
     })
 }
 
@@ -443,6 +497,8 @@ impl RouteConfiguration {
             .and_then(|i| self.virtual_hosts.get(i))
     }
 }
+
+pub mod retry;
 
 #[cfg(test)]
 mod tests;

@@ -21,6 +21,8 @@ use envoy_types::pb::{
 use http::{HeaderName, StatusCode};
 use regex::Regex;
 
+use crate::http::filters::cors::CorsPolicy;
+
 use super::{
     ConfigError, duration,
     route::FilterConfigs,
@@ -141,171 +143,7 @@ pub enum ClusterSpecifier {
     Weighted(WeightedClusters),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryOn {
-    FiveXx,
-    GatewayError,
-    Reset,
-    ConnectFailure,
-    Retriable4xx,
-    RefusedStream,
-    RetriableStatusCodes,
-    EnvoyRateLimited,
-    Http3PostConnectFailure,
-    ResetBeforeRequest,
-    GrpcCancelled,
-    GrpcDeadlineExceeded,
-    GrpcInternal,
-    GrpcResourceExhausted,
-    GrpcUnavailable,
-}
-
-impl RetryOn {
-    fn parse(s: &str) -> Option<RetryOn> {
-        Some(match s {
-            "5xx" => RetryOn::FiveXx,
-            "gateway-error" => RetryOn::GatewayError,
-            "reset" => RetryOn::Reset,
-            "reset-before-request" => RetryOn::ResetBeforeRequest,
-            "connect-failure" => RetryOn::ConnectFailure,
-            "retriable-4xx" => RetryOn::Retriable4xx,
-            "refused-stream" => RetryOn::RefusedStream,
-            "retriable-status-codes" => RetryOn::RetriableStatusCodes,
-            "envoy-ratelimited" => RetryOn::EnvoyRateLimited,
-            "http3-post-connect-failure" => RetryOn::Http3PostConnectFailure,
-            "cancelled" => RetryOn::GrpcCancelled,
-            "deadline-exceeded" => RetryOn::GrpcDeadlineExceeded,
-            "internal" => RetryOn::GrpcInternal,
-            "resource-exhausted" => RetryOn::GrpcResourceExhausted,
-            "unavailable" => RetryOn::GrpcUnavailable,
-            _ => return None,
-        })
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub retry_on: Vec<RetryOn>,
-    pub num_retries: u32,
-    pub per_try_timeout: Option<Duration>,
-    pub per_try_idle_timeout: Option<Duration>,
-    pub retriable_status_codes: Vec<u16>,
-    /// `envoy.retry_host_predicates.previous_hosts`: avoid hosts already tried.
-    pub avoid_previous_hosts: bool,
-    pub host_selection_retry_max_attempts: u32,
-    pub base_interval: Duration,
-    pub max_interval: Duration,
-}
-
-impl RetryPolicy {
-    pub fn try_from_proto(p: &rpb::RetryPolicy, field: &str) -> Result<Self, ConfigError> {
-        let mut retry_on = Vec::new();
-        for s in p
-            .retry_on
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            retry_on.push(RetryOn::parse(s).ok_or_else(|| {
-                ConfigError::field(
-                    format!("{field}.retry_on"),
-                    format!("unknown retry condition {s:?}"),
-                )
-            })?);
-        }
-        let unsupported =
-            |name: &str| ConfigError::field(format!("{field}.{name}"), "is not supported");
-        if p.retry_priority.is_some() {
-            return Err(unsupported("retry_priority"));
-        }
-        if p.rate_limited_retry_back_off.is_some() {
-            return Err(unsupported("rate_limited_retry_back_off"));
-        }
-        if !p.retriable_headers.is_empty() {
-            return Err(unsupported("retriable_headers"));
-        }
-        if !p.retriable_request_headers.is_empty() {
-            return Err(unsupported("retriable_request_headers"));
-        }
-        if !p.retry_options_predicates.is_empty() {
-            return Err(unsupported("retry_options_predicates"));
-        }
-        let mut avoid_previous_hosts = false;
-        for (i, pred) in p.retry_host_predicate.iter().enumerate() {
-            match pred.name.as_str() {
-                "envoy.retry_host_predicates.previous_hosts" => avoid_previous_hosts = true,
-                // Descriptive for a mesh: we have no canary or internal-host metadata.
-                "envoy.retry_host_predicates.omit_canary_hosts" => {}
-                other => {
-                    return Err(ConfigError::field(
-                        format!("{field}.retry_host_predicate[{i}].name"),
-                        format!("retry host predicate {other:?} is not supported"),
-                    ));
-                }
-            }
-        }
-        let opt_dur = |d: &Option<PbDuration>, name: &str| {
-            d.as_ref()
-                .map(|d| duration(d, &format!("{field}.{name}")))
-                .transpose()
-        };
-        let (base_interval, max_interval) = match &p.retry_back_off {
-            Some(b) => {
-                let base = b
-                    .base_interval
-                    .as_ref()
-                    .map(|d| duration(d, &format!("{field}.retry_back_off.base_interval")))
-                    .transpose()?
-                    .ok_or_else(|| {
-                        ConfigError::field(
-                            format!("{field}.retry_back_off.base_interval"),
-                            "is required",
-                        )
-                    })?;
-                if base.is_zero() {
-                    return Err(ConfigError::field(
-                        format!("{field}.retry_back_off.base_interval"),
-                        "must be greater than zero",
-                    ));
-                }
-                let max =
-                    opt_dur(&b.max_interval, "retry_back_off.max_interval")?.unwrap_or(base * 10);
-                (base, max)
-            }
-            None => (Duration::from_millis(25), Duration::from_millis(250)),
-        };
-        let mut retriable_status_codes = Vec::new();
-        for c in &p.retriable_status_codes {
-            let c = u16::try_from(*c)
-                .ok()
-                .filter(|c| (100..600).contains(c))
-                .ok_or_else(|| {
-                    ConfigError::field(
-                        format!("{field}.retriable_status_codes"),
-                        format!("invalid status code {c}"),
-                    )
-                })?;
-            retriable_status_codes.push(c);
-        }
-        Ok(RetryPolicy {
-            retry_on,
-            num_retries: p.num_retries.as_ref().map_or(1, |n| n.value),
-            per_try_timeout: opt_dur(&p.per_try_timeout, "per_try_timeout")?,
-            per_try_idle_timeout: opt_dur(&p.per_try_idle_timeout, "per_try_idle_timeout")?,
-            retriable_status_codes,
-            avoid_previous_hosts,
-            host_selection_retry_max_attempts: u32::try_from(p.host_selection_retry_max_attempts)
-                .unwrap_or(1)
-                .max(1),
-            base_interval,
-            max_interval,
-        })
-    }
-
-    pub fn retries_on(&self, c: RetryOn) -> bool {
-        self.retry_on.contains(&c)
-    }
-}
+pub use super::route::retry::{RetryOn, RetryPolicy};
 
 #[derive(Debug, Clone)]
 pub enum HashPolicyKind {
@@ -445,9 +283,23 @@ pub struct RouteAction {
     pub hash_policy: Vec<HashPolicy>,
     /// Per-route overrides of the HCM's upgrade settings: (upgrade type lowercased, enabled).
     pub upgrade_configs: Vec<(String, bool)>,
-    pub max_stream_duration: Option<Duration>,
+    /// `max_stream_duration`; its presence switches Envoy to the "new timeouts": the
+    /// route `timeout` and `max_grpc_timeout` are then ignored.
+    pub max_stream_duration: Option<MaxStreamDuration>,
     pub max_grpc_timeout: Option<Duration>,
     pub grpc_timeout_offset: Option<Duration>,
+    /// The deprecated `cors` policy (used by the CORS filter when no per-filter config).
+    pub cors: Option<Arc<CorsPolicy>>,
+}
+
+/// `RouteAction.max_stream_duration`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaxStreamDuration {
+    /// `None`: not set (the HCM's applies); `Some(ZERO)`: explicitly unlimited.
+    pub max_stream_duration: Option<Duration>,
+    /// Use `grpc-timeout` as the stream's duration, capped by this (0: uncapped).
+    pub grpc_timeout_header_max: Option<Duration>,
+    pub grpc_timeout_header_offset: Option<Duration>,
 }
 
 impl RouteAction {
@@ -514,9 +366,9 @@ impl RouteAction {
                 "only DEFAULT priority routing is supported",
             ));
         }
-        // rate_limits / include_vh_rate_limits / cors take effect only with the
-        // ratelimit and cors filters, which the HCM does not accept yet; like Envoy
-        // without those filters, they are inert here.
+        // rate_limits / include_vh_rate_limits take effect only with the (global)
+        // ratelimit filter or local_ratelimit descriptors, which are NACKed; like Envoy
+        // without them, they are inert here.
         let prefix_rewrite = (!p.prefix_rewrite.is_empty()).then(|| p.prefix_rewrite.clone());
         let regex_rewrite = p
             .regex_rewrite
@@ -577,16 +429,20 @@ impl RouteAction {
             ));
         }
         let max_stream_duration = match &p.max_stream_duration {
-            Some(m) => {
-                if m.grpc_timeout_header_max.is_some() || m.grpc_timeout_header_offset.is_some() {
-                    return Err(unsupported("max_stream_duration.grpc_timeout_header_max"));
-                }
-                opt(
+            Some(m) => Some(MaxStreamDuration {
+                max_stream_duration: opt(
                     &m.max_stream_duration,
                     "max_stream_duration.max_stream_duration",
-                )?
-                .filter(|d| !d.is_zero())
-            }
+                )?,
+                grpc_timeout_header_max: opt(
+                    &m.grpc_timeout_header_max,
+                    "max_stream_duration.grpc_timeout_header_max",
+                )?,
+                grpc_timeout_header_offset: opt(
+                    &m.grpc_timeout_header_offset,
+                    "max_stream_duration.grpc_timeout_header_offset",
+                )?,
+            }),
             None => None,
         };
         Ok(RouteAction {
@@ -609,6 +465,12 @@ impl RouteAction {
             max_stream_duration,
             max_grpc_timeout: opt(&p.max_grpc_timeout, "max_grpc_timeout")?,
             grpc_timeout_offset: opt(&p.grpc_timeout_offset, "grpc_timeout_offset")?,
+            cors: p
+                .cors
+                .as_ref()
+                .map(|c| CorsPolicy::try_from_route_proto(c).map(Arc::new))
+                .transpose()
+                .map_err(|e| e.at(f("cors")))?,
         })
     }
 

@@ -9,6 +9,7 @@
 
 use std::{
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -17,6 +18,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+
+use super::request_body::{BodyReader, RequestProgress};
 
 /// Errors surfaced on a proxied body.
 #[derive(Debug, thiserror::Error)]
@@ -27,13 +30,22 @@ pub enum BodyError {
     IdleTimeout,
     #[error("upstream request timeout")]
     RouteTimeout,
+    #[error("stream duration timeout")]
+    DurationTimeout,
 }
+
+/// Errors of a body sent upstream (hyper's, or a replay that cannot continue).
+pub type UpstreamBodyError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project_lite::pin_project! {
     /// A request body sent upstream.
     #[project = UpstreamBodyProj]
     pub enum UpstreamBody {
-        Incoming { #[pin] body: Incoming },
+        /// The downstream body itself (no retry or mirror can need it again); reports
+        /// progress for the stream timers.
+        Incoming { #[pin] body: Incoming, progress: Option<Arc<RequestProgress>> },
+        /// A reader of the shared, replayable body.
+        Replay { #[pin] body: BodyReader },
         Bytes { data: Option<Bytes> },
     }
 }
@@ -52,14 +64,32 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
         match self.project() {
-            UpstreamBodyProj::Incoming { body } => body.poll_frame(cx),
+            UpstreamBodyProj::Incoming { mut body, progress } => {
+                let r = body.as_mut().poll_frame(cx);
+                if let Some(p) = progress {
+                    match &r {
+                        Poll::Ready(None) => p.finish(),
+                        Poll::Ready(Some(Ok(_))) => {
+                            p.touch();
+                            if body.is_end_stream() {
+                                p.finish();
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                r.map(|o| o.map(|r| r.map_err(Into::into)))
+            }
+            UpstreamBodyProj::Replay { body } => body
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(Into::into))),
             UpstreamBodyProj::Bytes { data } => {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
             }
@@ -68,14 +98,16 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Incoming { body } => body.is_end_stream(),
+            UpstreamBody::Incoming { body, .. } => body.is_end_stream(),
+            UpstreamBody::Replay { body } => body.is_end_stream(),
             UpstreamBody::Bytes { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Incoming { body } => body.size_hint(),
+            UpstreamBody::Incoming { body, .. } => body.size_hint(),
+            UpstreamBody::Replay { body } => body.size_hint(),
             UpstreamBody::Bytes { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
@@ -91,6 +123,8 @@ pub enum Outcome {
     UpstreamError,
     IdleTimeout,
     RouteTimeout,
+    /// The stream's maximum duration (`max_stream_duration`, `grpc-timeout`) passed.
+    DurationTimeout,
     /// The downstream went away before the end.
     DownstreamGone,
 }
@@ -108,40 +142,59 @@ pub enum Source {
     Full(Option<Bytes>),
 }
 
-/// Timers on a response stream. The idle timer is re-armed lazily: frames only record
+/// The timers of a response stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamTimers {
+    /// Stream idle timeout (`SI`).
+    pub idle: Option<Duration>,
+    /// The router's per-try idle timeout, still running after the headers (`UT`).
+    pub upstream_idle: Option<Duration>,
+    /// The route timeout's deadline (`UT`).
+    pub deadline: Option<Instant>,
+    /// The stream's maximum duration.
+    pub stream_deadline: Option<Instant>,
+}
+
+/// Timers on a response stream. The idle timers are re-armed lazily: frames only record
 /// their time, and the sleep, when it fires early, is pushed to the new deadline.
 struct Timers {
     sleep: Pin<Box<Sleep>>,
-    idle: Option<Duration>,
-    deadline: Option<Instant>,
+    t: StreamTimers,
     last_activity: Instant,
 }
 
 impl Timers {
-    fn new(idle: Option<Duration>, deadline: Option<Instant>) -> Option<Self> {
-        if idle.is_none() && deadline.is_none() {
+    fn new(t: StreamTimers) -> Option<Self> {
+        if t.idle.is_none()
+            && t.upstream_idle.is_none()
+            && t.deadline.is_none()
+            && t.stream_deadline.is_none()
+        {
             return None;
         }
         let now = Instant::now();
-        let mut t = Timers {
+        let mut timers = Timers {
             sleep: Box::pin(tokio::time::sleep_until(now)),
-            idle,
-            deadline,
+            t,
             last_activity: now,
         };
-        let next = t.next_deadline();
-        t.sleep.as_mut().reset(next);
-        Some(t)
+        let next = timers.next_deadline();
+        timers.sleep.as_mut().reset(next);
+        Some(timers)
     }
 
     fn next_deadline(&self) -> Instant {
-        let idle = self.idle.map(|d| self.last_activity + d);
-        match (idle, self.deadline) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            // Not constructed without a timer.
-            (None, None) => self.last_activity + Duration::from_secs(86_400 * 365),
-        }
+        [
+            self.t.idle.map(|d| self.last_activity + d),
+            self.t.upstream_idle.map(|d| self.last_activity + d),
+            self.t.deadline,
+            self.t.stream_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        // Not constructed without a timer.
+        .unwrap_or(self.last_activity + Duration::from_secs(86_400 * 365))
     }
 
     /// `Some(err)` when a timer expired.
@@ -151,10 +204,20 @@ impl Timers {
                 return None;
             }
             let now = Instant::now();
-            if self.deadline.is_some_and(|d| now >= d) {
+            if self.t.stream_deadline.is_some_and(|d| now >= d) {
+                return Some(BodyError::DurationTimeout);
+            }
+            if self.t.deadline.is_some_and(|d| now >= d) {
                 return Some(BodyError::RouteTimeout);
             }
-            if self.idle.is_some_and(|i| now >= self.last_activity + i) {
+            if self
+                .t
+                .upstream_idle
+                .is_some_and(|i| now >= self.last_activity + i)
+            {
+                return Some(BodyError::RouteTimeout);
+            }
+            if self.t.idle.is_some_and(|i| now >= self.last_activity + i) {
                 return Some(BodyError::IdleTimeout);
             }
             let next = self.next_deadline();
@@ -193,9 +256,17 @@ impl ResponseBody {
     }
 
     /// Applies the stream idle timeout and an absolute deadline (route timeout).
-    pub fn with_timers(mut self, idle: Option<Duration>, deadline: Option<Instant>) -> Self {
+    pub fn with_timers(self, idle: Option<Duration>, deadline: Option<Instant>) -> Self {
+        self.with_stream_timers(StreamTimers {
+            idle,
+            deadline,
+            ..StreamTimers::default()
+        })
+    }
+
+    pub fn with_stream_timers(mut self, t: StreamTimers) -> Self {
         if !matches!(self.source, Source::Full(_)) {
-            self.timers = Timers::new(idle, deadline);
+            self.timers = Timers::new(t);
         }
         self
     }
@@ -241,6 +312,7 @@ fn outcome_of(e: &BodyError) -> Outcome {
         BodyError::Hyper(_) => Outcome::UpstreamError,
         BodyError::IdleTimeout => Outcome::IdleTimeout,
         BodyError::RouteTimeout => Outcome::RouteTimeout,
+        BodyError::DurationTimeout => Outcome::DurationTimeout,
     }
 }
 

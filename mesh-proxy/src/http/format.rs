@@ -184,10 +184,7 @@ type Scanned<'a> = (&'a str, Option<&'a str>, Option<usize>, usize);
 
 /// Finds the extent of the command starting at `input[start] == '%'`:
 /// `%NAME%`, `%NAME(arg)%`, `%NAME(arg):N%`. Returns (name, arg, max_len, bytes consumed).
-fn scan_command(
-    input: &str,
-    start: usize,
-) -> Result<Scanned<'_>, FormatError> {
+fn scan_command(input: &str, start: usize) -> Result<Scanned<'_>, FormatError> {
     let no_cmd = || FormatError::NoCommand {
         input: input.to_string(),
         pos: start,

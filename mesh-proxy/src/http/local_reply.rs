@@ -22,6 +22,17 @@ pub fn http_to_grpc_status(status: StatusCode) -> u32 {
 /// Builds a local reply. For gRPC requests the reply is HTTP 200 with `grpc-status` and
 /// `grpc-message` in a trailers-only response, as Envoy sends.
 pub fn build(status: StatusCode, body: Bytes, grpc: bool) -> Response<ResponseBody> {
+    build_with(status, body, grpc, None)
+}
+
+/// [`build`] with an explicit gRPC status for gRPC requests (Envoy's `sendLocalReply`
+/// `grpc_status` argument); other requests get the HTTP status and body.
+pub fn build_with(
+    status: StatusCode,
+    body: Bytes,
+    grpc: bool,
+    grpc_status: Option<u32>,
+) -> Response<ResponseBody> {
     if grpc {
         let mut resp = Response::new(ResponseBody::empty());
         let h = resp.headers_mut();
@@ -31,7 +42,7 @@ pub fn build(status: StatusCode, body: Bytes, grpc: bool) -> Response<ResponseBo
         );
         h.insert(
             "grpc-status",
-            HeaderValue::from(http_to_grpc_status(status)),
+            HeaderValue::from(grpc_status.unwrap_or_else(|| http_to_grpc_status(status))),
         );
         if !body.is_empty()
             && let Ok(v) = HeaderValue::from_bytes(&percent_encode_grpc(&body))

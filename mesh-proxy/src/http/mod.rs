@@ -2,15 +2,21 @@
 //! selection, header formatters, the router and upstream HTTP connection pools.
 
 pub mod body;
+pub mod filters;
 pub mod format;
+mod forward;
 pub mod local_reply;
+pub mod mirror;
 pub mod path;
 pub mod pool;
 pub mod redirect;
+pub mod request_body;
 pub mod request_headers;
+pub mod retry;
 pub mod route_select;
 pub mod router;
 pub mod server;
 pub mod stream_info;
+pub mod timeout;
 
 pub use server::serve;

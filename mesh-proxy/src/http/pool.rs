@@ -68,16 +68,39 @@ impl UpstreamError {
         )
     }
 
-    /// Envoy's `upstream_transport_failure_reason` / reset reason text.
+    /// An HTTP/2 `REFUSED_STREAM` reset (the request was not processed).
+    pub fn is_refused_stream(&self) -> bool {
+        match self {
+            UpstreamError::Reset(err) => std::error::Error::source(err)
+                .and_then(|s| s.downcast_ref::<h2::Error>())
+                .is_some_and(|h| h.reason() == Some(h2::Reason::REFUSED_STREAM)),
+            _ => false,
+        }
+    }
+
+    /// Envoy's reset reason text (with the transport failure reason for connects).
     pub fn reason(&self) -> String {
         match self {
             UpstreamError::Connect(e) => format!(
-                "remote connection failure, transport failure reason: delayed connect error: {e}"
+                "remote connection failure, transport failure reason: delayed connect error: {}",
+                os_message(e)
             ),
             UpstreamError::ConnectTimeout => "connection timeout".to_string(),
             UpstreamError::Overflow | UpstreamError::PendingOverflow => "overflow".to_string(),
-            UpstreamError::Reset(e) => format!("connection termination: {e}"),
-            UpstreamError::Protocol(e) => format!("protocol error: {e}"),
+            UpstreamError::Reset(_) if self.is_refused_stream() => {
+                "remote refused stream reset".to_string()
+            }
+            UpstreamError::Reset(err) => {
+                let h2_reset = std::error::Error::source(err)
+                    .and_then(|s| s.downcast_ref::<h2::Error>())
+                    .is_some_and(|h| h.is_reset());
+                if h2_reset {
+                    "remote reset".to_string()
+                } else {
+                    "connection termination".to_string()
+                }
+            }
+            UpstreamError::Protocol(_) => "protocol error".to_string(),
         }
     }
 }
@@ -407,6 +430,16 @@ impl HostPool {
         {
             *h2 = None;
         }
+    }
+}
+
+/// The OS's text for an I/O error, without Rust's ` (os error N)` suffix (Envoy prints
+/// `strerror`).
+fn os_message(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
     }
 }
 

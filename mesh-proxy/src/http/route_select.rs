@@ -99,7 +99,8 @@ fn route_matches(m: &RouteMatch, path: &str, req: &RequestView<'_>) -> Option<us
     Some(len)
 }
 
-fn header_matches(h: &HeaderMatcher, req: &RequestView<'_>) -> bool {
+/// Whether a header matcher (pseudo headers included) matches a request.
+pub fn header_matches(h: &HeaderMatcher, req: &RequestView<'_>) -> bool {
     match h.pseudo {
         None => h.matches(req.headers),
         Some(p) => {

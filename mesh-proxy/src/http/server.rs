@@ -43,6 +43,7 @@ where
         tls,
         sni: conn.server_name.clone(),
         rt: rt.clone(),
+        rate_limits: Default::default(),
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
