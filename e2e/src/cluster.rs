@@ -68,6 +68,9 @@ pub struct ClientArgs {
     pub grpc_query: Option<String>,
     pub keep: usize,
     pub vary_header: Option<(String, u64)>,
+    /// Stop after this many requests got no answer (default 5, so a broken path fails a
+    /// scenario in seconds rather than a timeout per request); `None` sends them all.
+    pub stop_after_errors: Option<u64>,
 }
 
 impl ClientArgs {
@@ -81,11 +84,12 @@ impl ClientArgs {
             headers: Vec::new(),
             method: None,
             protocol: Protocol::Http1,
-            timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
             connect_to: None,
             grpc_query: None,
             keep: 0,
             vary_header: None,
+            stop_after_errors: Some(5),
         }
     }
 
@@ -132,6 +136,13 @@ impl ClientArgs {
     /// Keep the first `n` answers in the report.
     pub fn keep(mut self, n: usize) -> Self {
         self.keep = n;
+        self
+    }
+
+    /// Every request is sent even when requests fail without an answer (for scenarios
+    /// that expect connections to be refused or reset).
+    pub fn errors_expected(mut self) -> Self {
+        self.stop_after_errors = None;
         self
     }
 
@@ -182,6 +193,9 @@ impl ClientArgs {
         }
         if let Some((name, count)) = &self.vary_header {
             a.extend(["--vary-header".into(), format!("{name}:{count}")]);
+        }
+        if let Some(n) = self.stop_after_errors {
+            a.extend(["--stop-after-errors".into(), n.to_string()]);
         }
         a
     }

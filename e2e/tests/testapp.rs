@@ -272,6 +272,14 @@ async fn client_totals_per_version_and_pod_with_rate_and_concurrency() {
     cfg.requests = 3;
     let r = client::run(cfg).await.unwrap();
     assert_eq!(r.errors.get("connect"), Some(&3), "{r:?}");
+    assert_eq!(r.not_sent, 0);
+
+    // A broken path stops the run early instead of costing every request.
+    let mut cfg = ClientConfig::new(format!("http://{dead}/"), Protocol::Http1);
+    cfg.requests = 50;
+    cfg.stop_after_errors = Some(4);
+    let r = client::run(cfg).await.unwrap();
+    assert_eq!((r.total, r.not_sent), (4, 46), "{r:?}");
 }
 
 #[tokio::test]

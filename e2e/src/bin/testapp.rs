@@ -77,6 +77,9 @@ enum Cmd {
         /// Set header NAME to k<i mod COUNT> on request i: NAME:COUNT (e.g. x-user:40).
         #[arg(long, value_name = "NAME:COUNT")]
         vary_header: Option<String>,
+        /// Stop sending once N requests got no answer (timeouts, resets, refused).
+        #[arg(long, value_name = "N")]
+        stop_after_errors: Option<u64>,
     },
 }
 
@@ -122,6 +125,7 @@ async fn main() -> Result<()> {
             grpc_query,
             keep,
             vary_header,
+            stop_after_errors,
         } => {
             let mut cfg = ClientConfig::new(url, protocol);
             cfg.requests = requests;
@@ -145,6 +149,7 @@ async fn main() -> Result<()> {
             cfg.connect_to = connect_to;
             cfg.grpc_query = grpc_query;
             cfg.keep = keep;
+            cfg.stop_after_errors = stop_after_errors;
             cfg.vary_header = vary_header
                 .map(|v| {
                     let (name, count) = v

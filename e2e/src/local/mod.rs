@@ -13,6 +13,7 @@
 //! [`teardown`] works after a crash of the process that built the cluster.
 
 pub mod cni;
+pub mod commands;
 pub mod demo;
 pub mod manifest;
 pub mod net;
@@ -292,6 +293,11 @@ impl LocalCluster {
     /// Creates a pod: namespace, Pod YAML, CNI ADD, hosts file, app and proxy processes,
     /// then waits until they are ready and publishes it as Ready.
     pub fn add_pod(&self, spec: PodSpec) -> Result<PodInfo> {
+        self.add_pod_with(spec, &commands::PodCommands::default())
+    }
+
+    /// [`LocalCluster::add_pod`] with other processes as the app and/or the sidecar.
+    pub fn add_pod_with(&self, spec: PodSpec, cmds: &commands::PodCommands) -> Result<PodInfo> {
         let (prefix, node) = {
             let st = self.lock();
             if st
@@ -343,7 +349,9 @@ impl LocalCluster {
         self.sync_hosts()?;
 
         let env = self.pod_env(&spec, &ip);
-        if let PodKind::App { .. } = spec.kind {
+        if let (PodKind::App { .. }, Some(app)) = (spec.kind, &cmds.app) {
+            self.start_pod_command(&spec, &netns, &ip, APP_UID, app, &env)?;
+        } else if let PodKind::App { .. } = spec.kind {
             let mut argv = vec![self.bins.testapp.display().to_string(), "serve".to_string()];
             for p in &spec.http_ports {
                 argv.extend(["--http-port".to_string(), p.to_string()]);
@@ -366,26 +374,10 @@ impl LocalCluster {
                 )?;
             }
         }
-        if spec.has_sidecar() || spec.kind == PodKind::Gateway {
-            let mode = if spec.kind == PodKind::Gateway {
-                "router"
-            } else {
-                "sidecar"
-            };
-            let mut argv = vec![
-                self.bins.mesh_proxy.display().to_string(),
-                "--mode".into(),
-                mode.into(),
-                "--xds-address".into(),
-                format!("http://{}", self.xds_address()),
-                "--workload-name".into(),
-                spec.app_label(),
-                "--cluster-id".into(),
-                "Kubernetes".into(),
-            ];
-            for (k, v) in &spec.labels {
-                argv.extend(["--label".to_string(), format!("{k}={v}")]);
-            }
+        if let (true, Some(sidecar)) = (spec.has_sidecar(), &cmds.sidecar) {
+            self.start_pod_command(&spec, &netns, &ip, PROXY_UID, sidecar, &env)?;
+        } else if spec.has_sidecar() || spec.kind == PodKind::Gateway {
+            let argv = self.mesh_proxy_argv(&spec);
             let log = self
                 .dir
                 .join(format!("logs/{}.{}.proxy.log", spec.namespace, spec.name));
@@ -410,6 +402,37 @@ impl LocalCluster {
         self.sync_services()?;
         self.write_summary(SUMMARY_FILE)?;
         self.pod_info(&spec.name, &spec.namespace)
+    }
+
+    /// Starts a replacement process in a pod and waits until it is ready.
+    fn start_pod_command(
+        &self,
+        spec: &PodSpec,
+        netns: &str,
+        ip: &str,
+        uid: u32,
+        cmd: &commands::PodCommand,
+        env: &[(String, String)],
+    ) -> Result<()> {
+        let log = self.dir.join(format!(
+            "logs/{}.{}.{}.log",
+            spec.namespace, spec.name, cmd.what
+        ));
+        let argv = cmd.argv_for(spec, ip);
+        let p = proc::spawn(&cmd.what, Some(netns), Some(uid), &argv, env, &log)?;
+        self.set_pod(spec, |s| s.procs.push(p))?;
+        let what = format!("{} of pod {}/{}", cmd.what, spec.namespace, spec.name);
+        match &cmd.ready {
+            commands::Readiness::Tcp(addr) => wait_for(&what, cmd.ready_timeout, &log, || {
+                in_netns(netns, || tcp_ok(addr))
+            }),
+            commands::Readiness::Http { addr, path } => {
+                wait_for(&what, cmd.ready_timeout, &log, || {
+                    in_netns(netns, || http_ok(addr, path))
+                })
+            }
+            commands::Readiness::Started => Ok(()),
+        }
     }
 
     /// Deletes a pod as the kubelet would: it leaves the Service endpoints first, then its

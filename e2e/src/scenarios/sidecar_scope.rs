@@ -102,7 +102,7 @@ pub fn run(env: &Env<'_>) -> Result<()> {
         "out of scope on an HTTP port with REGISTRY_ONLY: the block_all route answers 502: {}",
         brief(&r)
     );
-    let r = env.from_sleep(fresh("http://reviews:9080/", 10))?;
+    let r = env.from_sleep(fresh("http://reviews:9080/", 10).errors_expected())?;
     ensure!(
         r.failed() == 10 && r.by_status.is_empty(),
         "out of scope on a port with no listener with REGISTRY_ONLY: BlackHoleCluster closes the connection, no HTTP response: {}",

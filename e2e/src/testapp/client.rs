@@ -69,6 +69,9 @@ pub struct ClientConfig {
     /// Set this header to `k<i mod count>` on request `i` (spreads requests over `count`
     /// keys, e.g. for consistent-hash routing).
     pub vary_header: Option<(String, u64)>,
+    /// Stop sending once this many requests got no answer at all (a broken path would
+    /// otherwise cost a timeout per request).
+    pub stop_after_errors: Option<u64>,
 }
 
 impl ClientConfig {
@@ -87,6 +90,7 @@ impl ClientConfig {
             grpc_query: None,
             keep: 0,
             vary_header: None,
+            stop_after_errors: None,
         }
     }
 }
@@ -124,11 +128,18 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub latency_ms: Latency,
     pub duration_ms: f64,
+    /// Requests not sent because `stop_after_errors` was reached.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub not_sent: u64,
     /// The first `keep` answers in request order: the test app's JSON, or
     /// `{"status": N, "body": TEXT}` for anything else (a proxy's local reply), or
     /// `{"error": KIND}` when there was no answer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub answers: Vec<Value>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Report {
@@ -269,14 +280,22 @@ pub async fn run(cfg: ClientConfig) -> Result<Report, ClientError> {
     let transport = Arc::new(transport(&cfg).await?);
     let cfg = Arc::new(cfg);
     let next = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let workers = cfg.concurrency.min(cfg.requests as usize);
     let mut tasks = Vec::with_capacity(workers);
     for _ in 0..workers {
         let (cfg, transport, next) = (cfg.clone(), transport.clone(), next.clone());
+        let failures = failures.clone();
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             loop {
+                if cfg
+                    .stop_after_errors
+                    .is_some_and(|max| failures.load(Ordering::Relaxed) >= max)
+                {
+                    break;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= cfg.requests {
                     break;
@@ -296,6 +315,9 @@ pub async fn run(cfg: ClientConfig) -> Result<Report, ClientError> {
                 };
                 s.micros = t0.elapsed().as_micros() as u64;
                 s.index = i;
+                if s.error.is_some() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
                 samples.push(s);
             }
             samples
@@ -333,6 +355,7 @@ pub async fn run(cfg: ClientConfig) -> Result<Report, ClientError> {
             }
         }
     }
+    report.not_sent = cfg.requests - report.total;
     kept.sort_by_key(|(i, _)| *i);
     report.answers = kept.into_iter().map(|(_, a)| a).collect();
     report.duration_ms = start.elapsed().as_secs_f64() * 1e3;
