@@ -90,7 +90,8 @@ fn main() {
         file: files.into_values().collect(),
     };
     let set = prost::Message::encode_to_vec(&set);
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("envoy_descriptors.bin");
+    let out =
+        PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("envoy_descriptors.bin");
     std::fs::write(&out, set).expect("writing descriptor set");
 }
 
@@ -111,11 +112,16 @@ fn envoy_types_proto_dir() -> PathBuf {
     );
     let meta: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
-    let packages = meta["packages"].as_array().expect("cargo metadata lists packages");
+    let packages = meta["packages"]
+        .as_array()
+        .expect("cargo metadata lists packages");
     for package in packages {
         if package["name"] == "envoy-types" {
             let manifest = package["manifest_path"].as_str().expect("manifest_path");
-            let dir = Path::new(manifest).parent().expect("manifest has a parent").join("proto");
+            let dir = Path::new(manifest)
+                .parent()
+                .expect("manifest has a parent")
+                .join("proto");
             println!("cargo::rerun-if-changed={}", dir.display());
             return dir;
         }
