@@ -43,9 +43,13 @@ pub struct Args {
     #[arg(long, env = "PILOT_DEBOUNCE_MAX", default_value = "10s", value_parser = parse_duration)]
     pub debounce_max: Duration,
 
-    /// Proxies generated and pushed concurrently.
+    /// Proxies pushed concurrently.
     #[arg(long, env = "PILOT_PUSH_THROTTLE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub push_concurrency: u32,
+
+    /// Configs generated at once (CPU-bound work); default: the number of CPUs.
+    #[arg(long, env = "MESH_GENERATE_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub generate_concurrency: Option<u32>,
 }
 
 /// `100ms`, `1.5s`, `2m`, `0` (jiff's friendly format, as Go's `time.ParseDuration` takes).

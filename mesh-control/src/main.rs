@@ -52,6 +52,11 @@ async fn run(args: cli::Args) -> Result<()> {
         metrics,
         XdsServerConfig {
             push_concurrency: args.push_concurrency as usize,
+            generate_concurrency: args
+                .generate_concurrency
+                .map_or(XdsServerConfig::default().generate_concurrency, |n| {
+                    n as usize
+                }),
         },
         shutdown.clone(),
     );

@@ -99,8 +99,8 @@ async fn sotw_client_syncs_acks_and_receives_pushes() {
     let log = client.state.lock().log[before..].to_vec();
     assert_eq!(
         log,
-        [(XdsType::Endpoint, 2, 0)],
-        "SotW EDS resends all subscribed names"
+        [(XdsType::Endpoint, 1, 0)],
+        "a SotW EDS push carries only the changed load assignment"
     );
 
     // A full push that changes only a route sends only RDS: unchanged types are not resent.
@@ -499,6 +499,7 @@ async fn connect_storm_during_pushes_does_not_deadlock() {
         w.clone(),
         XdsServerConfig {
             push_concurrency: 1,
+            generate_concurrency: 1,
         },
     )
     .await;

@@ -280,8 +280,8 @@ impl DeltaStream {
 /// Selected resources whose version the client lacks, and known names that are gone.
 fn diff(state: &TypeState, typed: &TypeResources, pending: &mut Pending) {
     for (name, v) in typed.selected(&state.sub) {
-        if state.known.get(name.as_str()) != Some(&v.version) {
-            pending.send.insert(name.clone());
+        if state.known.get(&**name) != Some(&v.version) {
+            pending.send.insert(name.to_string());
         }
     }
     for name in state.known.keys() {

@@ -22,6 +22,7 @@ use crate::store::Store;
 use crate::translate::{self, Generated, Named};
 
 pub use connection::{ConnId, Connection, Protocol, Registry};
+pub use resources::Interner;
 pub use server::{XdsServer, XdsServerConfig};
 pub use types::{TypeSet, XdsType};
 
@@ -56,6 +57,22 @@ pub trait Generator: Send + Sync + 'static {
     fn generate_endpoints(&self, proxy: &Proxy) -> Vec<Named> {
         self.generate(proxy).endpoints
     }
+
+    /// The endpoints of `proxy` as the class of proxies that share them: an EDS-only push
+    /// generates them once per class and config version. `None` (the default): no sharing.
+    fn shared_endpoints<'a>(&'a self, _proxy: &'a Proxy) -> Option<SharedEndpoints<'a>> {
+        None
+    }
+}
+
+/// Endpoints shared by a class of proxies (see [`Generator::shared_endpoints`]).
+pub struct SharedEndpoints<'a> {
+    /// The config version they are generated from.
+    pub version: u64,
+    /// Proxies with the same class and version get the same endpoints.
+    pub class: String,
+    /// Generates them (from that version).
+    pub generate: Box<dyn FnOnce() -> Vec<Named> + 'a>,
 }
 
 /// The production generator: [`translate::generate`] over the store's current snapshot.
@@ -65,6 +82,21 @@ pub struct StoreGenerator(pub Arc<Store>);
 impl Generator for StoreGenerator {
     fn generate(&self, proxy: &Proxy) -> Generated {
         translate::generate(&self.0.snapshot(), proxy)
+    }
+
+    fn generate_endpoints(&self, proxy: &Proxy) -> Vec<Named> {
+        translate::endpoints_only::generate_endpoints(&self.0.snapshot(), proxy)
+    }
+
+    fn shared_endpoints<'a>(&'a self, proxy: &'a Proxy) -> Option<SharedEndpoints<'a>> {
+        let snapshot = self.0.snapshot();
+        Some(SharedEndpoints {
+            version: snapshot.version(),
+            class: translate::endpoints_only::endpoints_class(&snapshot, proxy),
+            generate: Box::new(move || {
+                translate::endpoints_only::generate_endpoints(&snapshot, proxy)
+            }),
+        })
     }
 }
 

@@ -5,59 +5,48 @@
 //! (an unchanged resource keeps its version, which is what lets delta send only what changed
 //! and SotW skip a type that did not change) and across control-plane restarts (a delta
 //! client reconnecting with `initial_resource_versions` is not resent what it has).
+//!
+//! Thousands of proxies mostly hold the same resources (every sidecar of a namespace has the
+//! same outbound clusters, endpoints and routes), so resources and whole per-type sets go
+//! through an [`Interner`]: equal content is stored once and shared by `Arc`, which is what
+//! keeps the control plane's memory proportional to the distinct config rather than to the
+//! number of proxies, and lets a push compare sets by pointer.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Weak};
 
 use envoy_types::pb::google::protobuf::Any;
+use parking_lot::Mutex;
+use xxhash_rust::xxh64::{Xxh64, xxh64};
 
 use super::subscription::Subscription;
 use super::types::XdsType;
 use crate::translate::{Generated, Named};
 
-/// One resource and its version.
-#[derive(Debug, Clone, PartialEq)]
+/// One resource, its name and its version.
+#[derive(Debug, PartialEq)]
 pub struct Versioned {
+    pub name: Arc<str>,
     pub version: Arc<str>,
     pub resource: Any,
 }
 
 /// Every resource of one type, sorted by name.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct TypeResources {
-    items: BTreeMap<String, Versioned>,
+    items: BTreeMap<Arc<str>, Arc<Versioned>>,
     /// The version of the whole set (what a wildcard subscriber has).
     version: String,
 }
 
 impl TypeResources {
-    /// Indexes `named`; a resource of the wrong type or a duplicate name is dropped and
-    /// reported, since Envoy would reject the whole response for it.
+    /// Indexes `named` without sharing (tests and one-off uses).
     pub fn new(ty: XdsType, named: Vec<Named>) -> (TypeResources, Vec<String>) {
-        let mut problems = Vec::new();
-        let mut items = BTreeMap::new();
-        for Named { name, resource } in named {
-            if resource.type_url != ty.type_url() {
-                problems.push(format!(
-                    "{ty} resource {name:?} has type {:?}, dropped",
-                    resource.type_url
-                ));
-                continue;
-            }
-            if items.contains_key(&name) {
-                problems.push(format!(
-                    "{ty} resource {name:?} generated twice, kept the first"
-                ));
-                continue;
-            }
-            let version: Arc<str> = hex(fnv1a(FNV_OFFSET, &resource.value)).into();
-            items.insert(name, Versioned { version, resource });
-        }
-        let version = set_version(items.iter());
-        (TypeResources { items, version }, problems)
+        let (set, problems) = Interner::default().type_resources(ty, named);
+        (Arc::unwrap_or_clone(set), problems)
     }
 
-    pub fn get(&self, name: &str) -> Option<&Versioned> {
+    pub fn get(&self, name: &str) -> Option<&Arc<Versioned>> {
         self.items.get(name)
     }
 
@@ -69,15 +58,20 @@ impl TypeResources {
         self.items.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Versioned)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<Versioned>)> {
         self.items.iter()
+    }
+
+    /// The version of the whole set.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// The resources a subscription selects, in name order.
     pub fn selected<'a>(
         &'a self,
         sub: &'a Subscription,
-    ) -> Box<dyn Iterator<Item = (&'a String, &'a Versioned)> + 'a> {
+    ) -> Box<dyn Iterator<Item = (&'a Arc<str>, &'a Arc<Versioned>)> + 'a> {
         if sub.is_wildcard() {
             Box::new(self.items.iter())
         } else {
@@ -95,7 +89,16 @@ impl TypeResources {
         if sub.is_wildcard() {
             return self.version.clone();
         }
-        set_version(self.selected(sub))
+        set_version(self.selected(sub).map(|(_, v)| &**v))
+    }
+}
+
+impl Clone for TypeResources {
+    fn clone(&self) -> Self {
+        TypeResources {
+            items: self.items.clone(),
+            version: self.version.clone(),
+        }
     }
 }
 
@@ -106,8 +109,172 @@ pub struct ProxyResources {
 }
 
 impl ProxyResources {
-    /// Indexes a full generation. Problems (duplicates, wrong types) are returned for logging.
+    /// Indexes a full generation without sharing (tests). Problems (duplicates, wrong types)
+    /// are returned for logging.
     pub fn from_generated(generated: Generated) -> (ProxyResources, Vec<String>) {
+        Interner::default().proxy_resources(generated)
+    }
+
+    /// The same resources with the endpoints replaced (an EDS-only push): the other types are
+    /// shared, not copied.
+    pub fn with_endpoint_set(&self, endpoints: Arc<TypeResources>) -> ProxyResources {
+        let mut types = self.types.clone();
+        types[XdsType::Endpoint.index()] = endpoints;
+        ProxyResources { types }
+    }
+
+    /// [`Self::with_endpoint_set`] from a generation, without sharing (tests).
+    pub fn with_endpoints(&self, endpoints: Vec<Named>) -> (ProxyResources, Vec<String>) {
+        let (eds, problems) = Interner::default().type_resources(XdsType::Endpoint, endpoints);
+        (self.with_endpoint_set(eds), problems)
+    }
+
+    pub fn get(&self, ty: XdsType) -> &TypeResources {
+        &self.types[ty.index()]
+    }
+
+    /// The shared set of `ty`.
+    pub fn get_arc(&self, ty: XdsType) -> &Arc<TypeResources> {
+        &self.types[ty.index()]
+    }
+
+    /// Whether `ty` is the very same set (same allocation) in both: cheap change detection.
+    pub fn shares(&self, other: &ProxyResources, ty: XdsType) -> bool {
+        Arc::ptr_eq(&self.types[ty.index()], &other.types[ty.index()])
+    }
+}
+
+/// Deduplicates resources and per-type sets by content across every proxy. Holds only weak
+/// references: what no proxy holds any more is freed (and swept from the tables).
+#[derive(Debug, Default)]
+pub struct Interner {
+    resources: Mutex<Table<Versioned>>,
+    sets: Mutex<Table<TypeResources>>,
+}
+
+/// Weak entries by a 64-bit key; collisions are resolved by comparing content.
+#[derive(Debug)]
+struct Table<T> {
+    entries: HashMap<(XdsType, u64), Weak<T>>,
+    /// Inserts since the last sweep of dead entries.
+    inserts: usize,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table {
+            entries: HashMap::new(),
+            inserts: 0,
+        }
+    }
+}
+
+impl<T> Table<T> {
+    fn live(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+
+    /// The live entry for `key` that `same` accepts.
+    fn get(&self, key: (XdsType, u64), same: impl FnOnce(&T) -> bool) -> Option<Arc<T>> {
+        self.entries
+            .get(&key)
+            .and_then(Weak::upgrade)
+            .filter(|existing| same(existing))
+    }
+
+    /// Stores `value` under `key` (unless a different live value holds the key: a 64-bit
+    /// collision, correct but unshared).
+    fn insert(&mut self, key: (XdsType, u64), value: T) -> Arc<T> {
+        let fresh = Arc::new(value);
+        if self.entries.get(&key).is_some_and(|w| w.strong_count() > 0) {
+            return fresh;
+        }
+        self.entries.insert(key, Arc::downgrade(&fresh));
+        self.inserts += 1;
+        if self.inserts > self.entries.len().max(4096) {
+            self.entries.retain(|_, w| w.strong_count() > 0);
+            self.inserts = 0;
+        }
+        fresh
+    }
+}
+
+impl Interner {
+    /// Indexes `named` as the shared set of `ty`. A resource of the wrong type or a duplicate
+    /// name is dropped and reported, since Envoy would reject the whole response for it.
+    pub fn type_resources(
+        &self,
+        ty: XdsType,
+        named: Vec<Named>,
+    ) -> (Arc<TypeResources>, Vec<String>) {
+        let mut problems = Vec::new();
+        // Hash outside the lock: it is the expensive part.
+        let hashed: Vec<(Named, u64)> = named
+            .into_iter()
+            .filter(|n| {
+                let ok = n.resource.type_url == ty.type_url();
+                if !ok {
+                    problems.push(format!(
+                        "{ty} resource {:?} has type {:?}, dropped",
+                        n.name, n.resource.type_url
+                    ));
+                }
+                ok
+            })
+            .map(|n| {
+                let content = xxh64(&n.resource.value, 0);
+                (n, content)
+            })
+            .collect();
+        let mut items: BTreeMap<Arc<str>, Arc<Versioned>> = BTreeMap::new();
+        {
+            let mut table = self.resources.lock();
+            for (Named { name, resource }, content) in hashed {
+                if items.contains_key(name.as_str()) {
+                    problems.push(format!(
+                        "{ty} resource {name:?} generated twice, kept the first"
+                    ));
+                    continue;
+                }
+                let key = (ty, content ^ xxh64(name.as_bytes(), 1));
+                let v = match table.get(key, |v| {
+                    *v.name == *name && v.resource.value == resource.value
+                }) {
+                    Some(v) => v,
+                    None => table.insert(
+                        key,
+                        Versioned {
+                            name: name.as_str().into(),
+                            version: hex(content).into(),
+                            resource,
+                        },
+                    ),
+                };
+                items.insert(v.name.clone(), v);
+            }
+        }
+        let version = set_version(items.values().map(|v| &**v));
+        let key = (ty, u64::from_str_radix(&version, 16).unwrap_or_default());
+        let mut sets = self.sets.lock();
+        let same = |s: &TypeResources| {
+            s.items.len() == items.len()
+                && s.items
+                    .values()
+                    .zip(items.values())
+                    .all(|(a, b)| Arc::ptr_eq(a, b))
+        };
+        let set = match sets.get(key, same) {
+            Some(set) => set,
+            None => sets.insert(key, TypeResources { items, version }),
+        };
+        (set, problems)
+    }
+
+    /// Indexes a full generation.
+    pub fn proxy_resources(&self, generated: Generated) -> (ProxyResources, Vec<String>) {
         let Generated {
             listeners,
             routes,
@@ -117,9 +284,9 @@ impl ProxyResources {
         } = generated;
         let mut problems = Vec::new();
         let mut index = |ty, named| {
-            let (res, mut p) = TypeResources::new(ty, named);
+            let (res, mut p) = self.type_resources(ty, named);
             problems.append(&mut p);
-            Arc::new(res)
+            res
         };
         let types = [
             index(XdsType::Cluster, clusters),
@@ -131,52 +298,28 @@ impl ProxyResources {
         (ProxyResources { types }, problems)
     }
 
-    /// The same resources with the endpoints replaced (an EDS-only push): the other types are
-    /// shared, not copied.
-    pub fn with_endpoints(&self, endpoints: Vec<Named>) -> (ProxyResources, Vec<String>) {
-        let (eds, problems) = TypeResources::new(XdsType::Endpoint, endpoints);
-        let mut types = self.types.clone();
-        types[XdsType::Endpoint.index()] = Arc::new(eds);
-        (ProxyResources { types }, problems)
+    /// Live shared resources and sets (for metrics and tests).
+    pub fn len(&self) -> (usize, usize) {
+        (self.resources.lock().live(), self.sets.lock().live())
     }
-
-    pub fn get(&self, ty: XdsType) -> &TypeResources {
-        &self.types[ty.index()]
-    }
-
-    /// Whether `ty` is the very same set (same allocation) in both: cheap change detection
-    /// after an EDS-only push.
-    pub fn shares(&self, other: &ProxyResources, ty: XdsType) -> bool {
-        Arc::ptr_eq(&self.types[ty.index()], &other.types[ty.index()])
-    }
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// FNV-1a, 64 bit: stable across processes and Rust versions (unlike `DefaultHasher`),
-/// which matters because delta clients send versions back after a control-plane restart.
-fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(FNV_PRIME);
-    }
-    hash
 }
 
 fn hex(v: u64) -> String {
     format!("{v:016x}")
 }
 
-fn set_version<'a>(items: impl Iterator<Item = (&'a String, &'a Versioned)>) -> String {
-    let mut hash = FNV_OFFSET;
-    for (name, v) in items {
-        hash = fnv1a(hash, name.as_bytes());
-        hash = fnv1a(hash, &[0]);
-        hash = fnv1a(hash, v.version.as_bytes());
-        hash = fnv1a(hash, &[0]);
+/// The version of a set: a hash over every (name, version) in name order. xxHash64:
+/// stable across processes and Rust versions (unlike `DefaultHasher`), which matters because
+/// delta clients send versions back after a control-plane restart.
+fn set_version<'a>(items: impl Iterator<Item = &'a Versioned>) -> String {
+    let mut h = Xxh64::new(0);
+    for v in items {
+        h.update(v.name.as_bytes());
+        h.update(&[0]);
+        h.update(v.version.as_bytes());
+        h.update(&[0]);
     }
-    hex(hash)
+    hex(h.digest())
 }
 
 #[cfg(test)]
@@ -206,9 +349,9 @@ mod tests {
         assert_eq!(a.get("a").unwrap().version, a.get("b").unwrap().version);
         let (b, _) = TypeResources::new(XdsType::Cluster, vec![named(XdsType::Cluster, "a", "y")]);
         assert_ne!(a.get("a").unwrap().version, b.get("a").unwrap().version);
-        // Known value: stable across runs and builds.
-        assert_eq!(hex(fnv1a(FNV_OFFSET, b"")), "cbf29ce484222325");
-        assert_eq!(hex(fnv1a(FNV_OFFSET, b"a")), "af63dc4c8601ec8c");
+        // Known values: stable across runs and builds (clients send them back).
+        assert_eq!(hex(xxh64(b"", 0)), "ef46db3751d8e999");
+        assert_eq!(&*a.get("a").unwrap().version, hex(xxh64(b"x", 0)));
     }
 
     #[test]
@@ -259,5 +402,48 @@ mod tests {
             full.get(XdsType::Endpoint).get("c").unwrap().version,
             eds.get(XdsType::Endpoint).get("c").unwrap().version
         );
+    }
+
+    #[test]
+    fn equal_content_is_shared_and_freed() {
+        let interner = Interner::default();
+        let gen_for = |route: &str| Generated {
+            clusters: vec![
+                named(XdsType::Cluster, "outbound|80||a", "shared"),
+                named(XdsType::Cluster, "inbound|80||", route),
+            ],
+            routes: vec![named(XdsType::Route, "80", "routes")],
+            ..Default::default()
+        };
+        let (p1, _) = interner.proxy_resources(gen_for("one"));
+        let (p2, _) = interner.proxy_resources(gen_for("two"));
+        let (p3, _) = interner.proxy_resources(gen_for("one"));
+        // Same resource in different sets: one allocation.
+        assert!(Arc::ptr_eq(
+            p1.get(XdsType::Cluster).get("outbound|80||a").unwrap(),
+            p2.get(XdsType::Cluster).get("outbound|80||a").unwrap()
+        ));
+        // Equal sets are one set; different ones are not.
+        assert!(p1.shares(&p2, XdsType::Route));
+        assert!(p1.shares(&p3, XdsType::Cluster));
+        assert!(!p1.shares(&p2, XdsType::Cluster));
+        // Same name, other content: not confused.
+        assert_ne!(
+            p1.get(XdsType::Cluster)
+                .get("inbound|80||")
+                .unwrap()
+                .resource
+                .value,
+            p2.get(XdsType::Cluster)
+                .get("inbound|80||")
+                .unwrap()
+                .resource
+                .value
+        );
+        let (resources, sets) = interner.len();
+        assert_eq!(resources, 4, "shared, inbound one, inbound two, route");
+        assert!(sets >= 4, "{sets}");
+        drop((p1, p2, p3));
+        assert_eq!(interner.len(), (0, 0), "nothing outlives its proxies");
     }
 }

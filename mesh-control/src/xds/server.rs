@@ -5,10 +5,11 @@
 //! initial generation and every push generation run on the blocking pool, bounded by the
 //! push-concurrency semaphore; the task only diffs and writes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -18,6 +19,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use futures::Stream;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -27,7 +29,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::connection::{Connection, Protocol, PushCommand};
 use super::delta::DeltaStream;
-use super::resources::ProxyResources;
+use super::resources::{Interner, ProxyResources, TypeResources};
 use super::sotw::{Handled, SotwStream};
 use super::status::{Now, SyncStatus};
 use super::types::{TypeSet, XdsType};
@@ -38,15 +40,21 @@ use crate::monitoring::metrics::{Metrics, TypeLabel};
 /// Tunables of the xDS server.
 #[derive(Debug, Clone)]
 pub struct XdsServerConfig {
-    /// How many proxy generations (initial or push) may run at once (Istio's
+    /// How many proxy pushes (initial or change) may be in progress at once (Istio's
     /// `PILOT_PUSH_THROTTLE`, default 100).
     pub push_concurrency: usize,
+    /// How many generations run on CPUs at once; the rest of the permitted pushes wait
+    /// their turn. Generation is CPU-bound: more at once than cores only holds more
+    /// half-built configs in memory and makes every proxy wait for all of them. Default:
+    /// the number of CPUs.
+    pub generate_concurrency: usize,
 }
 
 impl Default for XdsServerConfig {
     fn default() -> Self {
         XdsServerConfig {
             push_concurrency: 100,
+            generate_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -57,7 +65,33 @@ pub struct XdsServer {
     registry: Registry,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
+    cpu: Arc<Semaphore>,
+    interner: Arc<Interner>,
+    shared_endpoints: Arc<Mutex<EndpointsMemo>>,
     shutdown: CancellationToken,
+}
+
+/// Endpoint sets of the current config version by proxy class (see
+/// [`Generator::shared_endpoints`]): the first proxy of a class generates, the others of
+/// the push wait for it and share the result.
+#[derive(Debug, Default)]
+struct EndpointsMemo {
+    version: u64,
+    classes: HashMap<String, Arc<OnceLock<Arc<TypeResources>>>>,
+}
+
+impl EndpointsMemo {
+    fn cell(&mut self, version: u64, class: String) -> Arc<OnceLock<Arc<TypeResources>>> {
+        if version != self.version {
+            if version < self.version {
+                // A generation racing a newer config: correct, but not shared.
+                return Arc::default();
+            }
+            self.version = version;
+            self.classes.clear();
+        }
+        self.classes.entry(class).or_default().clone()
+    }
 }
 
 impl std::fmt::Debug for XdsServer {
@@ -81,6 +115,9 @@ impl XdsServer {
             registry: Registry::default(),
             metrics,
             permits: Arc::new(Semaphore::new(config.push_concurrency.max(1))),
+            cpu: Arc::new(Semaphore::new(config.generate_concurrency.max(1))),
+            interner: Arc::default(),
+            shared_endpoints: Arc::default(),
             shutdown,
         })
     }
@@ -125,9 +162,15 @@ impl XdsServer {
         Ok(())
     }
 
-    /// Generates a proxy's resources on the blocking pool. An EDS-only generation reuses
-    /// `previous` for the other types. If the translator panics, the previous resources stay
-    /// in force (or nothing, for a new proxy) and the panic is logged.
+    /// The resources and sets shared between proxies.
+    pub fn interner(&self) -> &Arc<Interner> {
+        &self.interner
+    }
+
+    /// Generates a proxy's resources on the blocking pool, at most `generate_concurrency`
+    /// at a time. An EDS-only generation reuses `previous` for the other types and shares
+    /// the endpoints between proxies of a class. If the translator panics, the previous
+    /// resources stay in force (or nothing, for a new proxy) and the panic is logged.
     pub async fn generate(
         &self,
         proxy: Arc<Proxy>,
@@ -135,12 +178,18 @@ impl XdsServer {
         endpoints_only: bool,
     ) -> Arc<ProxyResources> {
         let generator = self.generator.clone();
+        let interner = self.interner.clone();
+        let memo = self.shared_endpoints.clone();
         let prev = previous.clone();
         let id = proxy.id.clone();
+        let _cpu = self.cpu.acquire().await;
         let joined = tokio::task::spawn_blocking(move || {
             let (res, problems) = match (endpoints_only, prev) {
-                (true, Some(prev)) => prev.with_endpoints(generator.generate_endpoints(&proxy)),
-                _ => ProxyResources::from_generated(generator.generate(&proxy)),
+                (true, Some(prev)) => {
+                    let (eds, problems) = endpoints_for(&*generator, &interner, &memo, &proxy);
+                    (prev.with_endpoint_set(eds), problems)
+                }
+                _ => interner.proxy_resources(generator.generate(&proxy)),
             };
             for problem in problems {
                 warn!(proxy = %proxy.id, "generated config: {problem}");
@@ -312,6 +361,27 @@ impl XdsServer {
         debug!(?types, generation = ?cmd.generation_time, "pushed");
         Ok(())
     }
+}
+
+/// A proxy's endpoint set for an EDS-only push: shared with its class when the generator
+/// supports it, else generated for it alone.
+fn endpoints_for(
+    generator: &dyn Generator,
+    interner: &Interner,
+    memo: &Mutex<EndpointsMemo>,
+    proxy: &Proxy,
+) -> (Arc<TypeResources>, Vec<String>) {
+    let Some(shared) = generator.shared_endpoints(proxy) else {
+        return interner.type_resources(XdsType::Endpoint, generator.generate_endpoints(proxy));
+    };
+    let cell = memo.lock().cell(shared.version, shared.class);
+    let mut problems = Vec::new();
+    let set = cell.get_or_init(|| {
+        let (set, p) = interner.type_resources(XdsType::Endpoint, (shared.generate)());
+        problems = p;
+        set
+    });
+    (set.clone(), problems)
 }
 
 /// Deregisters a connection however its task ends.

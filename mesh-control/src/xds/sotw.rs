@@ -8,15 +8,20 @@
 //! - `error_detail` marks a NACK, its absence an ACK; neither is answered unless the request
 //!   also adds resource names, which must then be sent even if unchanged;
 //! - a push resends a type only if the `version_info` of what the client selects changed.
-//!   Every response carries everything the subscription selects (required for listeners and
-//!   clusters; for routes and endpoints it is what Istio does and what every client handles).
+//!   Listener and cluster responses carry everything the subscription selects (the protocol
+//!   requires it); a pushed route or endpoint response carries only the resources that
+//!   changed since the last response on the stream, as the protocol allows for those types
+//!   and as istiod does for incremental EDS (one changed service is one load assignment,
+//!   not the thousands a proxy holds). Answers to requests carry everything selected.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Any;
 
-use super::resources::ProxyResources;
+use super::resources::{ProxyResources, TypeResources};
 use super::status::{Now, SyncStatus};
 use super::subscription::Subscription;
 use super::types::{TypeSet, XdsType};
@@ -29,6 +34,8 @@ struct TypeState {
     last_nonce: Option<String>,
     /// The `version_info` of the last response: a push with the same version is not sent.
     sent_version: Option<String>,
+    /// The set the last response was built from: what a partial push is computed against.
+    sent_set: Option<Arc<TypeResources>>,
 }
 
 /// What a request did.
@@ -73,6 +80,7 @@ impl SotwStream {
             sub: Subscription::initial(),
             last_nonce: None,
             sent_version: None,
+            sent_set: None,
         });
 
         let (ack, respond) = if req.response_nonce.is_empty() {
@@ -114,7 +122,7 @@ impl SotwStream {
         };
         status.get_mut(ty).subscription = state.sub.describe();
 
-        let response = respond.then(|| self.respond(ty, res, status, now));
+        let response = respond.then(|| self.respond(ty, res, status, now, None));
         Handled {
             ty: Some(ty),
             ack,
@@ -146,17 +154,43 @@ impl SotwStream {
             if state.sent_version.as_deref() == Some(version.as_str()) {
                 continue;
             }
-            out.push((ty, self.respond(ty, res, status, now)));
+            let changed = match &state.sent_set {
+                Some(sent) if !ty.supports_wildcard() => {
+                    let typed = res.get(ty);
+                    let changed: Vec<_> = typed
+                        .selected(&state.sub)
+                        .filter(|(name, v)| {
+                            sent.get(name)
+                                .is_none_or(|s| !Arc::ptr_eq(s, v) && s.version != v.version)
+                        })
+                        .map(|(_, v)| v.resource.clone())
+                        .collect();
+                    Some(changed)
+                }
+                _ => None,
+            };
+            if changed.as_ref().is_some_and(Vec::is_empty) {
+                // Only removals, which SotW cannot express for these types (the client drops
+                // them when their cluster or listener goes): nothing to send.
+                if let Some(state) = self.types.get_mut(&ty) {
+                    state.sent_version = Some(version);
+                    state.sent_set = Some(res.get_arc(ty).clone());
+                }
+                continue;
+            }
+            out.push((ty, self.respond(ty, res, status, now, changed)));
         }
         out
     }
 
+    /// A response with everything `ty`'s subscription selects, or only `partial`.
     fn respond(
         &mut self,
         ty: XdsType,
         res: &ProxyResources,
         status: &mut SyncStatus,
         now: Now,
+        partial: Option<Vec<Any>>,
     ) -> DiscoveryResponse {
         let nonce = self.next_nonce();
         let typed = res.get(ty);
@@ -165,12 +199,15 @@ impl SotwStream {
             return DiscoveryResponse::default();
         };
         let version = typed.version_for(&state.sub);
-        let resources: Vec<_> = typed
-            .selected(&state.sub)
-            .map(|(_, v)| v.resource.clone())
-            .collect();
+        let resources: Vec<_> = partial.unwrap_or_else(|| {
+            typed
+                .selected(&state.sub)
+                .map(|(_, v)| v.resource.clone())
+                .collect()
+        });
         state.last_nonce = Some(nonce.clone());
         state.sent_version = Some(version.clone());
+        state.sent_set = Some(res.get_arc(ty).clone());
         status
             .get_mut(ty)
             .record_sent(version.clone(), nonce.clone(), resources.len(), 0, now);
@@ -342,11 +379,48 @@ mod tests {
         assert_eq!(h.ack, AckKind::Ack);
         let r2 = h.response.expect("new names are sent");
         assert_eq!(r2.resources.len(), 2);
-        // Only a push that changes a selected resource is sent.
+        // Only a push that changes a selected resource is sent, with only what changed.
         let res2 = resources(&[], &[("a", "1"), ("b", "1"), ("c", "2")]);
         assert!(s.on_push(&res2, TypeSet::ALL, &mut st, now).is_empty());
         let res3 = resources(&[], &[("a", "1"), ("b", "2"), ("c", "2")]);
-        assert_eq!(s.on_push(&res3, TypeSet::ALL, &mut st, now).len(), 1);
+        let pushed = s.on_push(&res3, TypeSet::ALL, &mut st, now);
+        assert_eq!(pushed.len(), 1);
+        let (_, r3) = &pushed[0];
+        assert_eq!(
+            r3.resources
+                .iter()
+                .map(|a| a.value.as_slice())
+                .collect::<Vec<_>>(),
+            [b"2".as_slice()],
+            "only b changed"
+        );
+        assert_ne!(r3.version_info, r2.version_info);
+        // Its version is that of everything selected: the same as a full answer's.
+        let full = s
+            .on_request(
+                &req(
+                    XdsType::Endpoint,
+                    &["a", "b", "c"],
+                    &r3.version_info,
+                    &r3.nonce,
+                ),
+                &res3,
+                &mut st,
+                now,
+            )
+            .response
+            .expect("c is new");
+        assert_eq!(full.resources.len(), 3);
+        // A selected resource that disappears: nothing SotW could say.
+        let res4 = resources(&[], &[("a", "1"), ("b", "2")]);
+        assert!(s.on_push(&res4, TypeSet::ALL, &mut st, now).is_empty());
+        // Clusters are always whole.
+        let res5 = resources(&[("x", "1"), ("y", "1")], &[("a", "1"), ("b", "2")]);
+        s.on_request(&req(XdsType::Cluster, &[], "", ""), &res5, &mut st, now);
+        let res6 = resources(&[("x", "1"), ("y", "2")], &[("a", "1"), ("b", "2")]);
+        let pushed = s.on_push(&res6, TypeSet::ALL, &mut st, now);
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(pushed[0].1.resources.len(), 2, "CDS carries every cluster");
     }
 
     #[test]

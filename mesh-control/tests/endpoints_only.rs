@@ -1,0 +1,160 @@
+//! EDS-only generation: `translate::endpoints_only` must produce exactly the endpoints of a
+//! full generation for every proxy of every golden scenario and of a scoped mesh with
+//! workload-selecting Sidecars and DestinationRules, and proxies of one class must get the
+//! same endpoints (the push shares one generation between them).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "golden/support.rs"]
+mod support;
+
+use mesh_control::model::{Proxy, ProxyKind};
+use mesh_control::store::Snapshot;
+use mesh_control::translate::endpoints_only::{endpoints_class, generate_endpoints};
+use mesh_control::translate::generate;
+
+#[test]
+fn equals_full_generation_on_every_golden_scenario() {
+    let mut checked = 0;
+    for scenario in support::scenarios() {
+        let store = scenario.store();
+        let snapshot = store.snapshot();
+        for spec in &scenario.proxies {
+            let proxy = spec.proxy();
+            assert_eq!(
+                generate_endpoints(&snapshot, &proxy),
+                generate(&snapshot, &proxy).endpoints,
+                "{}/{}",
+                scenario.name,
+                spec.name
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} proxies checked");
+}
+
+/// Two namespaces; in `shop`, a Sidecar for `app: cart` only and a DestinationRule whose
+/// subsets differ for `app: cart` (workload selector), so the class must include labels.
+const MESH: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.251.0.1, selector: {app: web}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec: {clusterIP: 10.251.0.2, selector: {app: cart}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: other}
+spec: {clusterIP: 10.251.0.3, selector: {app: api}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web, version: v1}}
+spec: {containers: [{name: app, image: app}]}
+status: {podIP: 10.250.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, namespace: shop, labels: {app: web, version: v2}}
+spec: {containers: [{name: app, image: app}]}
+status: {podIP: 10.250.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart-1, namespace: shop, labels: {app: cart, version: v1}}
+spec: {containers: [{name: app, image: app}]}
+status: {podIP: 10.250.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart-2, namespace: shop, labels: {app: cart, version: v1}}
+spec: {containers: [{name: app, image: app}]}
+status: {podIP: 10.250.0.4}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-1, namespace: other, labels: {app: api}}
+spec: {containers: [{name: app, image: app}]}
+status: {podIP: 10.250.0.5}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web-for-cart, namespace: shop}
+spec:
+  host: web
+  workloadSelector: {matchLabels: {app: cart}}
+  subsets: [{name: canary, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: cart-only-shop, namespace: shop}
+spec:
+  workloadSelector: {labels: {app: cart}}
+  egress: [{hosts: ["./*"]}]
+"#;
+
+fn sidecar(pod: &str, ns: &str, ip: &str) -> Proxy {
+    Proxy::for_test(ProxyKind::Sidecar, ip.parse().unwrap(), pod, ns)
+}
+
+#[test]
+fn classes_share_exactly_when_endpoints_are_equal() {
+    let snapshot = Snapshot::from_yaml("mesh.yaml", MESH);
+    let proxies = [
+        sidecar("web-1", "shop", "10.250.0.1"),
+        sidecar("web-2", "shop", "10.250.0.2"),
+        sidecar("cart-1", "shop", "10.250.0.3"),
+        sidecar("cart-2", "shop", "10.250.0.4"),
+        sidecar("api-1", "other", "10.250.0.5"),
+    ];
+    let out: Vec<_> = proxies
+        .iter()
+        .map(|p| {
+            let eds = generate_endpoints(&snapshot, p);
+            assert_eq!(eds, generate(&snapshot, p).endpoints, "{}", p.pod_name);
+            (endpoints_class(&snapshot, p), eds)
+        })
+        .collect();
+    let names = |i: usize| -> Vec<&str> { out[i].1.iter().map(|n| n.name.as_str()).collect() };
+    // The two cart replicas: one class, and the scoped view (no `other` namespace) with the
+    // cart-specific subset.
+    assert_eq!(out[2].0, out[3].0);
+    assert_eq!(out[2].1, out[3].1);
+    assert!(
+        !names(2).iter().any(|n| n.contains("api.other")),
+        "{:?}",
+        names(2)
+    );
+    assert!(
+        names(2).iter().any(|n| n.contains("|canary|web.shop")),
+        "{:?}",
+        names(2)
+    );
+    // web-1 and web-2 differ in labels (version) only: different classes, same endpoints
+    // here (nothing selects on version) — the class is conservative, never wrong.
+    assert_ne!(out[0].0, out[1].0);
+    assert_eq!(out[0].1, out[1].1);
+    assert!(names(0).iter().any(|n| n.contains("api.other")));
+    assert!(names(0).iter().any(|n| n.contains("|v2|web.shop")));
+    // Different labels in one namespace that change what is visible: different classes.
+    assert_ne!(out[0].0, out[2].0);
+    assert_ne!(out[0].1, out[2].1);
+    // Another namespace: another class.
+    assert_ne!(out[4].0, out[0].0);
+    // A proxy is classed by the registry's Pod, not by what it claims.
+    let mut liar = sidecar("cart-1", "shop", "10.250.0.3");
+    liar.labels.insert("app".into(), "web".into());
+    assert_eq!(endpoints_class(&snapshot, &liar), out[2].0);
+}
