@@ -200,8 +200,12 @@ impl Held {
         if let Some(c) = config(dump, "EndpointsConfigDump") {
             for e in items(c, "dynamic_endpoint_configs") {
                 let name = s(field(field(e, "endpoint_config"), "cluster_name"));
-                if !name.is_empty() {
-                    h.endpoints.insert(name, s(field(e, "version_info")));
+                let version = s(field(e, "version_info"));
+                // Envoy lists every cluster's endpoints here, static ones too, without a
+                // version (and EDS ones without one under delta xDS): only versioned
+                // entries can be compared; a missing assignment shows as a warming cluster.
+                if !name.is_empty() && !version.is_empty() {
+                    h.endpoints.insert(name, version);
                 }
             }
         }
@@ -270,7 +274,10 @@ mod tests {
             {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
              "dynamic_route_configs": [{"version_info": route_version, "route_config": {"name": "80"}}]},
             {"@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
-             "dynamic_endpoint_configs": [{"version_info": "e1", "endpoint_config": {"cluster_name": "outbound|80||a"}}]},
+             "dynamic_endpoint_configs": [
+                {"version_info": "e1", "endpoint_config": {"cluster_name": "outbound|80||a"}},
+                {"endpoint_config": {"cluster_name": "BlackHoleCluster"}},
+             ]},
         ]})
     }
 

@@ -61,6 +61,7 @@ fn config(tag: &str, dir: &Path, proxy: PathBuf) -> ClusterConfig {
             mesh_cni: mesh_cni(),
             mesh_proxy: proxy,
             mesh_control: PathBuf::from("/nonexistent/mesh-control"),
+            envoy: None,
         },
     }
 }

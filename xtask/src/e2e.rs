@@ -1,5 +1,5 @@
-//! `cargo xtask e2e [--scenario NAME]... [--keep]`: the end-to-end scenarios on the local
-//! backend. Installs the Debian tools the local cluster uses when missing, builds the
+//! `cargo xtask e2e [--scenario NAME]... [--keep] [--envoy]`: the end-to-end scenarios on
+//! the local backend (`--envoy`: with upstream Envoy as every proxy, the reference). Installs the Debian tools the local cluster uses when missing, builds the
 //! binaries, and runs `mesh-e2e` (e2e crate), which brings up a fresh local cluster per
 //! scenario and prints pass/fail per scenario and a summary. Needs root; fails when any
 //! scenario fails. A failing scenario's logs land in `target/e2e-artifacts/<scenario>/`.
@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 
 use super::demo;
 
-pub fn run(root: &Path, scenarios: &[String], keep: bool) -> Result<()> {
+pub fn run(root: &Path, scenarios: &[String], keep: bool, envoy: bool) -> Result<()> {
     if !demo::is_root() {
         bail!(
             "the e2e scenarios create network namespaces and iptables rules: run them as root (sudo -E cargo xtask e2e)"
@@ -47,6 +47,9 @@ pub fn run(root: &Path, scenarios: &[String], keep: bool) -> Result<()> {
     }
     if keep {
         e2e.arg("--keep");
+    }
+    if envoy {
+        e2e.arg("--envoy");
     }
     let status = e2e
         .status()

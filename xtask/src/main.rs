@@ -45,6 +45,9 @@ enum Task {
         /// Leave the cluster of the first failing (or the last) scenario running.
         #[arg(long)]
         keep: bool,
+        /// Use upstream Envoy as every proxy (the reference) instead of mesh-proxy.
+        #[arg(long)]
+        envoy: bool,
     },
     /// Benchmarks and their report (target/bench/report.md).
     Bench {
@@ -59,7 +62,11 @@ fn main() -> Result<()> {
         Task::Ci { no_kube } => ci(no_kube),
         Task::Crds { check } => crds::run(&root(), check),
         Task::Demo { action } => demo::run(&root(), action),
-        Task::E2e { scenarios, keep } => e2e::run(&root(), &scenarios, keep),
+        Task::E2e {
+            scenarios,
+            keep,
+            envoy,
+        } => e2e::run(&root(), &scenarios, keep, envoy),
         Task::Bench { task } => bench::run(&root(), task),
     }
 }
@@ -137,7 +144,7 @@ fn ci(no_kube: bool) -> Result<()> {
     result?;
     // The end-to-end scenarios need root (CI runs as root).
     if strict {
-        e2e::run(&root(), &[], false)?;
+        e2e::run(&root(), &[], false, false)?;
     } else {
         eprintln!("==> e2e: skipped (needs root; run `sudo -E cargo xtask e2e`)");
     }

@@ -1,6 +1,7 @@
 //! `mesh-e2e`: runs the end-to-end scenarios on the local backend (what `cargo xtask e2e`
 //! runs), each on a fresh local cluster in `$MESH_LOCAL_DIR` (default /run/mesh-local).
-//! Exits non-zero when any scenario fails.
+//! Exits non-zero when any scenario fails. `--envoy` runs them with upstream Envoy as
+//! every proxy, the reference the scenarios' expectations are checked against.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,10 @@ struct Cli {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
+    /// Run upstream Envoy as every proxy instead of mesh-proxy: the reference (a scenario
+    /// that passes with Envoy and fails with mesh-proxy points at the proxy).
+    #[arg(long)]
+    envoy: bool,
     /// Where a failing scenario's logs, config and sync state are copied.
     #[arg(long, default_value = "/tmp/mesh-e2e-artifacts")]
     artifacts: PathBuf,
@@ -51,7 +56,18 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let cluster = ClusterConfig::from_env();
+    let mut cluster = ClusterConfig::from_env();
+    if cli.envoy {
+        let envoy = e2e::local::envoy::locate();
+        if !envoy.is_file() {
+            eprintln!(
+                "mesh-e2e: no Envoy at {} (hint: bash tools/envoy.sh installs it; or set MESH_ENVOY)",
+                envoy.display()
+            );
+            return ExitCode::from(2);
+        }
+        cluster.bins.envoy = Some(envoy);
+    }
     match State::load(&cluster.dir) {
         Ok(None) => {}
         Ok(Some(_)) => {

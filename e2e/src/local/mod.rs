@@ -15,6 +15,7 @@
 pub mod cni;
 pub mod commands;
 pub mod demo;
+pub mod envoy;
 pub mod manifest;
 pub mod net;
 pub mod proc;
@@ -59,11 +60,14 @@ pub struct Binaries {
     pub mesh_cni: PathBuf,
     pub mesh_proxy: PathBuf,
     pub mesh_control: PathBuf,
+    /// Run upstream Envoy as every pod's proxy instead of mesh-proxy (the reference).
+    pub envoy: Option<PathBuf>,
 }
 
 impl Binaries {
     /// `$MESH_TESTAPP_BIN`, `$MESH_CNI_BIN`, `$MESH_PROXY_BIN`, `$MESH_CONTROL_BIN`, else
     /// the cargo target directory this process runs from (tests run from `deps/`).
+    /// `MESH_LOCAL_PROXY=envoy` runs upstream Envoy ([`envoy::locate`]) as the proxy.
     pub fn locate() -> Self {
         let exe_dir = std::env::current_exe()
             .ok()
@@ -84,6 +88,8 @@ impl Binaries {
             mesh_cni: pick("MESH_CNI_BIN", "mesh-cni"),
             mesh_proxy: pick("MESH_PROXY_BIN", "mesh-proxy"),
             mesh_control: pick("MESH_CONTROL_BIN", "mesh-control"),
+            envoy: (std::env::var("MESH_LOCAL_PROXY").as_deref() == Ok("envoy"))
+                .then(envoy::locate),
         }
     }
 }
@@ -377,7 +383,10 @@ impl LocalCluster {
         if let (true, Some(sidecar)) = (spec.has_sidecar(), &cmds.sidecar) {
             self.start_pod_command(&spec, &netns, &ip, PROXY_UID, sidecar, &env)?;
         } else if spec.has_sidecar() || spec.kind == PodKind::Gateway {
-            let argv = self.mesh_proxy_argv(&spec);
+            let argv = match &self.bins.envoy {
+                Some(envoy) => self.envoy_argv(envoy, &spec, &ip)?,
+                None => self.mesh_proxy_argv(&spec),
+            };
             let log = self
                 .dir
                 .join(format!("logs/{}.{}.proxy.log", spec.namespace, spec.name));
@@ -402,6 +411,31 @@ impl LocalCluster {
         self.sync_services()?;
         self.write_summary(SUMMARY_FILE)?;
         self.pod_info(&spec.name, &spec.namespace)
+    }
+
+    /// Writes the pod's Envoy bootstrap; returns the command that runs Envoy with it.
+    fn envoy_argv(&self, envoy: &Path, spec: &PodSpec, ip: &str) -> Result<Vec<String>> {
+        let workload = spec.app_label();
+        let bootstrap = envoy::bootstrap(&envoy::Node {
+            kind: if spec.kind == PodKind::Gateway {
+                "router"
+            } else {
+                "sidecar"
+            },
+            pod: &spec.name,
+            namespace: &spec.namespace,
+            ip,
+            labels: &spec.labels,
+            service_account: &spec.service_account,
+            workload: &workload,
+            xds: &self.xds_address(),
+        });
+        let dir = self.dir.join("bootstrap");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}.{}.json", spec.namespace, spec.name));
+        std::fs::write(&path, serde_json::to_vec_pretty(&bootstrap)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(envoy::argv(envoy, &path))
     }
 
     /// Starts a replacement process in a pod and waits until it is ready.
@@ -713,7 +747,7 @@ fn tcp_ok(addr: &str) -> bool {
         .is_some()
 }
 
-/// A minimal HTTP/1.0 GET that says whether the answer is 200.
+/// A minimal HTTP/1.1 GET (`Connection: close`) that says whether the answer is 200.
 fn http_ok(addr: &str, path: &str) -> bool {
     use std::io::{Read, Write};
     let Some(a) = addr.parse::<SocketAddr>().ok() else {
@@ -723,8 +757,10 @@ fn http_ok(addr: &str, path: &str) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .is_err()
+    if s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .is_err()
     {
         return false;
     }
@@ -801,7 +837,7 @@ pub fn teardown(dir: &Path) -> Result<()> {
         note(net::delete_host_link(h));
     }
     note(net::delete_netns(&st.node_netns));
-    for sub in ["config", "ipam", "logs", "demo.json"] {
+    for sub in ["config", "ipam", "logs", "bootstrap", "demo.json"] {
         let path = dir.join(sub);
         let r = if path.is_dir() {
             std::fs::remove_dir_all(&path)

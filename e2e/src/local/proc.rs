@@ -72,6 +72,12 @@ pub fn spawn(
         .append(true)
         .open(log)
         .with_context(|| format!("cannot create {}", log.display()))?;
+    // Owned by the process's user, so it can reopen its own stdout by path (/dev/stdout
+    // is /proc/self/fd/1, which is checked against the file's permissions).
+    if let Some(uid) = uid {
+        std::os::unix::fs::fchown(&out, Some(uid), Some(uid))
+            .with_context(|| format!("cannot chown {}", log.display()))?;
+    }
     let err = out.try_clone()?;
     let mut cmd = command(netns, uid, argv);
     // Own process group: a Ctrl-C meant for the harness does not hit the pods' processes

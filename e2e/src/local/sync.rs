@@ -25,7 +25,7 @@ use crate::sync::{Held, config_issues, current_nacks, divergence, holds, unsynce
 pub const MARKER_FILE: &str = "e2e-sync.yaml";
 const MARKER_NAMESPACE: &str = "mesh-e2e";
 
-/// A GET over HTTP/1.0 (the server closes the connection after the answer) from inside
+/// A GET over HTTP/1.1 with `Connection: close` (read to the end) from inside
 /// `netns`; returns the status and body.
 pub fn get_in(netns: &str, addr: &str, path: &str) -> Result<(u16, Vec<u8>)> {
     let (a, p) = (addr.to_string(), path.to_string());
@@ -39,7 +39,9 @@ fn get(addr: &str, path: &str) -> Result<(u16, Vec<u8>)> {
     let sa: SocketAddr = addr.parse().context("bad address")?;
     let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let split = raw
@@ -172,7 +174,23 @@ pub fn wait_converged(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            waiting.truncate(12);
+            // What each proxy is still missing, even where its sync state already says
+            // why: a response the proxy does not ACK usually leaves something warming.
+            for (name, netns) in &proxies {
+                let (Ok(control), Ok(held)) = (
+                    get_json(node, monitoring, &format!("/debug/config_dump?proxyID={name}")),
+                    get_json(netns, "127.0.0.1:15000", "/config_dump?include_eds"),
+                ) else {
+                    continue;
+                };
+                for d in divergence(&Held::from_dump(&control), &Held::from_dump(&held)) {
+                    let line = format!("proxy {name}: {d}");
+                    if !waiting.contains(&line) {
+                        waiting.push(line);
+                    }
+                }
+            }
+            waiting.truncate(16);
             bail!(
                 "the mesh did not converge within {:.1}s:\n  {}",
                 timeout.as_secs_f64(),
