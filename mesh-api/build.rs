@@ -50,6 +50,7 @@ const ENTRY_PROTOS: &[&str] = &[
     "envoy/extensions/load_balancing_policies/client_side_weighted_round_robin/v3/client_side_weighted_round_robin.proto",
     "envoy/extensions/load_balancing_policies/wrr_locality/v3/wrr_locality.proto",
     "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
+    "envoy/extensions/retry/priority/previous_priorities/v3/previous_priorities_config.proto",
 ];
 
 fn main() {

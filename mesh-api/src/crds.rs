@@ -24,6 +24,7 @@ pub fn crd(kind: Kind) -> Option<CustomResourceDefinition> {
         Kind::ServiceEntry => networking::ServiceEntry::crd(),
         Kind::WorkloadEntry => networking::WorkloadEntry::crd(),
         Kind::Sidecar => networking::Sidecar::crd(),
+        Kind::EnvoyFilter => networking::EnvoyFilter::crd(),
         Kind::PeerAuthentication => security::PeerAuthentication::crd(),
         Kind::AuthorizationPolicy => security::AuthorizationPolicy::crd(),
         Kind::RequestAuthentication => security::RequestAuthentication::crd(),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
 use crate::networking::{
-    ConnectionPoolSettings, H2UpgradePolicy, LocalityLbSetting, OutboundTrafficMode,
+    ConnectionPoolSettings, H2UpgradePolicy, HttpRetry, LocalityLbSetting, OutboundTrafficMode,
 };
 
 /// The ConfigMap key holding the mesh config YAML.
@@ -59,8 +59,12 @@ pub struct MeshConfig {
     pub default_virtual_service_export_to: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub default_destination_rule_export_to: Vec<String>,
+    /// Istio enables locality load balancing by default (`{enabled: true}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub locality_lb_setting: Option<LocalityLbSetting>,
+    /// The retry policy of HTTP routes that set none (Istio's built-in default otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_http_retry_policy: Option<HttpRetry>,
     pub dns_refresh_rate: Duration,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub h2_upgrade_policy: Option<H2UpgradePolicy>,
@@ -103,7 +107,11 @@ impl Default for MeshConfig {
             default_service_export_to: vec!["*".to_string()],
             default_virtual_service_export_to: vec!["*".to_string()],
             default_destination_rule_export_to: vec!["*".to_string()],
-            locality_lb_setting: None,
+            locality_lb_setting: Some(LocalityLbSetting {
+                enabled: Some(true),
+                ..Default::default()
+            }),
+            default_http_retry_policy: None,
             dns_refresh_rate: std::time::Duration::from_secs(60).into(),
             h2_upgrade_policy: None,
             tcp_keepalive: None,
@@ -163,6 +171,26 @@ impl MeshConfig {
                 return Err(MeshConfigError::Invalid {
                     field: field.to_string(),
                     message: e.to_string(),
+                });
+            }
+        }
+        if let Some(retry) = &self.default_http_retry_policy {
+            let mut errs = crate::validation::semantic::Errors::default();
+            crate::validation::semantic::retries(&mut errs, "defaultHttpRetryPolicy", retry);
+            if let Some(e) = errs.0.into_iter().next() {
+                return Err(MeshConfigError::Invalid {
+                    field: e.path,
+                    message: e.message,
+                });
+            }
+        }
+        if let Some(l) = &self.locality_lb_setting {
+            let mut errs = crate::validation::semantic::Errors::default();
+            crate::validation::semantic::locality_lb(&mut errs, "localityLbSetting", l);
+            if let Some(e) = errs.0.into_iter().next() {
+                return Err(MeshConfigError::Invalid {
+                    field: e.path,
+                    message: e.message,
                 });
             }
         }

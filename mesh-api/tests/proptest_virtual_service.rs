@@ -87,6 +87,7 @@ fn http_route() -> impl Strategy<Value = HttpRoute> {
                     per_try_timeout,
                     retry_on: Some("5xx,connect-failure".into()),
                     retry_remote_localities: None,
+                    ..Default::default()
                 }),
                 mirror: mirror_pct.map(|_| Destination {
                     host: "mirror".into(),

@@ -15,6 +15,7 @@ pub enum Kind {
     ServiceEntry,
     WorkloadEntry,
     Sidecar,
+    EnvoyFilter,
     PeerAuthentication,
     AuthorizationPolicy,
     RequestAuthentication,
@@ -31,13 +32,14 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, Istio kinds first.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
         Kind::Sidecar,
+        Kind::EnvoyFilter,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
@@ -63,6 +65,7 @@ impl Kind {
             Kind::ServiceEntry => "ServiceEntry",
             Kind::WorkloadEntry => "WorkloadEntry",
             Kind::Sidecar => "Sidecar",
+            Kind::EnvoyFilter => "EnvoyFilter",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
@@ -84,7 +87,8 @@ impl Kind {
             | Kind::Gateway
             | Kind::ServiceEntry
             | Kind::WorkloadEntry
-            | Kind::Sidecar => networking::GROUP,
+            | Kind::Sidecar
+            | Kind::EnvoyFilter => networking::GROUP,
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 security::GROUP
             }
@@ -96,6 +100,9 @@ impl Kind {
 
     /// The versions accepted in documents.
     pub fn versions(self) -> &'static [&'static str] {
+        if self == Kind::EnvoyFilter {
+            return networking::ENVOY_FILTER_VERSIONS;
+        }
         match self.group() {
             networking::GROUP => networking::VERSIONS,
             security::GROUP => security::VERSIONS,

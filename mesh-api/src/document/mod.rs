@@ -25,7 +25,7 @@ pub use kind::{Kind, split_api_version};
 pub use split::{RawDocument, split_documents};
 
 use crate::networking::{
-    DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+    DestinationRule, EnvoyFilter, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
 use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use crate::telemetry::Telemetry;
@@ -143,6 +143,7 @@ resources! {
     ServiceEntry(ServiceEntry),
     WorkloadEntry(WorkloadEntry),
     Sidecar(Sidecar),
+    EnvoyFilter(EnvoyFilter),
     PeerAuthentication(PeerAuthentication),
     AuthorizationPolicy(AuthorizationPolicy),
     RequestAuthentication(RequestAuthentication),

@@ -229,6 +229,12 @@ pub struct HttpRetry {
     pub retry_on: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_remote_localities: Option<bool>,
+    /// Whether retries prefer hosts not tried yet (Istio's default: yes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_ignore_previous_hosts: Option<bool>,
+    /// The base interval of the exponential backoff between retries (Envoy's default 25ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Duration>,
 }
 
 /// Istio `HTTPFaultInjection`.

@@ -24,6 +24,7 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
         Resource::ServiceEntry(r) => semantic::service_entry(&r.spec),
         Resource::WorkloadEntry(r) => semantic::workload_entry(&r.spec),
         Resource::Sidecar(r) => semantic::sidecar(&r.spec),
+        Resource::EnvoyFilter(r) => semantic::envoy_filter(&r.spec),
         Resource::PeerAuthentication(r) => semantic::peer_authentication(&r.spec),
         Resource::AuthorizationPolicy(r) => semantic::authorization_policy(&r.spec),
         Resource::RequestAuthentication(r) => semantic::request_authentication(&r.spec),

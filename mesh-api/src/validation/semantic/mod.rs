@@ -4,14 +4,17 @@
 //! destination, redirect or direct response; a CUSTOM policy needs a provider; ...).
 //! Each check appends to an error list so that every problem in a resource is reported.
 
+mod envoy_filter;
 mod networking;
 mod security;
 mod telemetry;
 
 use std::net::IpAddr;
 
+pub(crate) use envoy_filter::envoy_filter;
 pub(crate) use networking::{
-    destination_rule, gateway, service_entry, sidecar, virtual_service, workload_entry,
+    destination_rule, gateway, locality_lb, retries, service_entry, sidecar, virtual_service,
+    workload_entry,
 };
 pub(crate) use security::{authorization_policy, peer_authentication, request_authentication};
 pub(crate) use telemetry::telemetry;

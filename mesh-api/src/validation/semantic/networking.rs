@@ -377,7 +377,7 @@ const RETRY_ON: &[&str] = &[
     "unavailable",
 ];
 
-fn retries(errs: &mut Errors, path: &str, r: &HttpRetry) {
+pub(crate) fn retries(errs: &mut Errors, path: &str, r: &HttpRetry) {
     if r.attempts < 0 {
         errs.add(
             format!("{path}.attempts"),
@@ -386,6 +386,9 @@ fn retries(errs: &mut Errors, path: &str, r: &HttpRetry) {
     }
     if let Some(t) = &r.per_try_timeout {
         check_duration(errs, &format!("{path}.perTryTimeout"), t, MIN_1MS);
+    }
+    if let Some(b) = &r.backoff {
+        check_duration(errs, &format!("{path}.backoff"), b, MIN_1MS);
     }
     if let Some(on) = &r.retry_on {
         for policy in on.split(',').map(str::trim) {
