@@ -82,12 +82,8 @@ fn convert(json: &Value) -> Result<(&'static str, String), String> {
 /// ratchet: the test fails when a new gap appears *and* when one of these is fixed, so
 /// the list only shrinks.
 const KNOWN_CLUSTER_GAPS: &[&str] = &[
-    // InboundPassthroughCluster / inbound|port|| bind to 127.0.0.6 like Istio.
-    "upstream_bind_config: not supported",
     // BlackHoleCluster is STATIC with no load_assignment (Envoy accepts that).
     "load_assignment: required for STATIC and STRICT_DNS clusters",
-    // DestinationRule outlierDetection (issue 6, core half).
-    "outlier_detection: not supported",
 ];
 
 struct Results {

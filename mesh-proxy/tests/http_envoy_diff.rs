@@ -9,7 +9,7 @@
 
 mod http_common;
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+use std::{net::SocketAddr, process::Stdio, sync::Arc, time::Duration};
 
 use http_common::*;
 use serde_json::{Value, json};
@@ -223,4 +223,289 @@ async fn same_config_same_answers_as_envoy() {
         let mine = observe(&get(ours.addr, host, path, headers).await);
         assert_eq!(mine, theirs, "request {host}{path} {headers:?}");
     }
+}
+
+/// One side of the resilience comparison: its own upstreams (so counts are per proxy).
+struct Side {
+    addr: SocketAddr,
+    flaky: Scripted,
+    slow: Scripted,
+    mirror: Scripted,
+    closing: Scripted,
+    _envoy: Option<Envoy>,
+    _proxy: Option<Proxy>,
+}
+
+/// What the resilience cases compare.
+#[derive(Debug, PartialEq)]
+struct Seen2 {
+    status: u16,
+    headers: Vec<(&'static str, Option<String>)>,
+    body: String,
+}
+
+const COMPARED: &[&str] = &[
+    "x-resp",
+    "content-type",
+    "grpc-status",
+    "grpc-message",
+    "x-envoy-attempt-count",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-local-rate-limit",
+    "access-control-allow-origin",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-max-age",
+    "access-control-allow-credentials",
+    "access-control-expose-headers",
+];
+
+fn seen2(g: &Got) -> Seen2 {
+    Seen2 {
+        status: g.status.as_u16(),
+        headers: COMPARED.iter().map(|h| (*h, g.header(h))).collect(),
+        // Upstream bodies here are lengths; local replies are Envoy's texts.
+        body: String::from_utf8_lossy(&g.body).into_owned(),
+    }
+}
+
+fn resilience_config(
+    flaky: SocketAddr,
+    slow: SocketAddr,
+    mirror: SocketAddr,
+    closing: SocketAddr,
+) -> (Value, Vec<Value>) {
+    let add = |k: &str, v: &str| json!({"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"});
+    let fault = |v: Value| {
+        let mut f = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"});
+        f.as_object_mut()
+            .unwrap()
+            .extend(v.as_object().unwrap().clone());
+        json!({"envoy.filters.http.fault": f})
+    };
+    let rl = json!({"envoy.filters.http.local_ratelimit": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "rl",
+        "token_bucket": {"max_tokens": 2, "tokens_per_fill": 2, "fill_interval": "3600s"},
+        "filter_enabled": {"default_value": {"numerator": 100}},
+        "filter_enforced": {"default_value": {"numerator": 100}},
+        "response_headers_to_add": [{"header": {"key": "x-local-rate-limit", "value": "true"}}],
+        "enable_x_ratelimit_headers": "DRAFT_VERSION_03"}});
+    let cors = json!({"envoy.filters.http.cors": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"exact": "https://app.example.com"}, {"safe_regex": {"regex": "https://.*\\.example\\.org"}}],
+        "allow_methods": "GET,POST", "allow_headers": "authorization", "expose_headers": "x-request-id",
+        "max_age": "86400", "allow_credentials": true,
+        "filter_enabled": {"default_value": {"numerator": 100}},
+        "forward_not_matching_preflights": true}});
+    let rc = json!({
+        "name": "res",
+        "response_headers_to_add": [add("x-resp", "global")],
+        "virtual_hosts": [{"name": "v", "domains": ["*"], "include_attempt_count_in_response": true, "routes": [
+            {"match": {"prefix": "/abort"}, "route": {"cluster": "flaky"},
+             "typed_per_filter_config": fault(json!({"abort": {"http_status": 503, "percentage": {"numerator": 100}}}))},
+            {"match": {"prefix": "/grpcabort"}, "route": {"cluster": "flaky"},
+             "typed_per_filter_config": fault(json!({"abort": {"grpc_status": 8, "percentage": {"numerator": 100}}}))},
+            {"match": {"prefix": "/delayed"}, "route": {"cluster": "flaky"},
+             "typed_per_filter_config": fault(json!({"delay": {"fixed_delay": "0.05s", "percentage": {"numerator": 100}},
+                "abort": {"http_status": 418, "percentage": {"numerator": 100}}}))},
+            {"match": {"prefix": "/hdrfault"}, "route": {"cluster": "flaky"},
+             "typed_per_filter_config": fault(json!({"abort": {"header_abort": {}, "percentage": {"numerator": 100}}}))},
+            {"match": {"prefix": "/timeout"}, "route": {"cluster": "slow", "timeout": "0.2s"}},
+            {"match": {"prefix": "/msd"}, "route": {"cluster": "slow", "timeout": "0.2s",
+                "max_stream_duration": {"grpc_timeout_header_max": "0.3s"}}},
+            {"match": {"prefix": "/retry"}, "route": {"cluster": "flaky",
+                "retry_policy": {"retry_on": "5xx", "num_retries": 3, "retry_back_off": {"base_interval": "0.001s"}}}},
+            {"match": {"prefix": "/exhaust"}, "route": {"cluster": "flaky",
+                "retry_policy": {"retry_on": "retriable-status-codes", "retriable_status_codes": [500], "num_retries": 1,
+                    "retry_back_off": {"base_interval": "0.001s"}}}},
+            {"match": {"prefix": "/reset"}, "route": {"cluster": "closing",
+                "retry_policy": {"retry_on": "reset", "num_retries": 1, "retry_back_off": {"base_interval": "0.001s"}}}},
+            {"match": {"prefix": "/pertry"}, "route": {"cluster": "slow", "timeout": "2s",
+                "retry_policy": {"retry_on": "connect-failure", "per_try_timeout": "0.1s"}}},
+            {"match": {"prefix": "/limited"}, "route": {"cluster": "flaky"}, "typed_per_filter_config": rl},
+            {"match": {"prefix": "/cors"}, "route": {"cluster": "flaky"}, "typed_per_filter_config": cors},
+            {"match": {"prefix": "/mirror"}, "route": {"cluster": "flaky",
+                "request_mirror_policies": [{"cluster": "mirror"}]}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "flaky"}},
+        ]}],
+    });
+    let filters = vec![
+        json!({"name": "envoy.filters.http.fault", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}),
+        json!({"name": "envoy.filters.http.cors", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}),
+        json!({"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "rl"}}),
+    ];
+    let hcm = hcm_with(rc, filters, None);
+    let clusters = vec![
+        cluster_json("flaky", &[flaky], false),
+        cluster_json("slow", &[slow], false),
+        cluster_json("mirror", &[mirror], false),
+        cluster_json("closing", &[closing], false),
+    ];
+    (hcm, clusters)
+}
+
+async fn side(envoy_bin: Option<&str>) -> Side {
+    // `flaky`: /retry fails its first two requests, /exhaust always answers 500.
+    let retry_count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let rc2 = retry_count.clone();
+    let flaky = scripted(
+        Default::default(),
+        Arc::new(move |_, s: &Seen| match s.path.as_str() {
+            "/retry" if rc2.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 => {
+                Act::Status(503)
+            }
+            "/exhaust" => Act::Status(500),
+            _ => Act::Status(200),
+        }),
+    )
+    .await;
+    let slow = scripted(
+        Default::default(),
+        Arc::new(|_, _| Act::Delay(Duration::from_millis(1500), 200)),
+    )
+    .await;
+    let mirror = scripted(Default::default(), Arc::new(|_, _| Act::Status(200))).await;
+    let closing = scripted(Default::default(), Arc::new(|_, _| Act::Close)).await;
+    let (hcm, clusters) = resilience_config(flaky.addr, slow.addr, mirror.addr, closing.addr);
+    let (addr, envoy, proxy) = match envoy_bin {
+        Some(bin) => {
+            let e = start_envoy(bin, &hcm, &clusters).await;
+            (e.addr, Some(e), None)
+        }
+        None => {
+            let p = proxy(hcm, &clusters).await;
+            (p.addr, None, Some(p))
+        }
+    };
+    Side {
+        addr,
+        flaky,
+        slow,
+        mirror,
+        closing,
+        _envoy: envoy,
+        _proxy: proxy,
+    }
+}
+
+#[tokio::test]
+async fn resilience_same_as_envoy() {
+    let Some(bin) = envoy_bin() else {
+        assert!(!strict(), "envoy is required (MESH_CI_STRICT=1)");
+        eprintln!("skipping: envoy binary not found");
+        return;
+    };
+    let theirs = side(Some(&bin)).await;
+    let mine = side(None).await;
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let grpc: &[(&str, &str)] = &[("content-type", "application/grpc")];
+    let cases: &[Case<'_>] = &[
+        ("GET", "/abort", &[]),
+        ("GET", "/abort", grpc),
+        ("GET", "/grpcabort", grpc),
+        ("GET", "/grpcabort", &[]),
+        ("GET", "/delayed", &[]),
+        (
+            "GET",
+            "/hdrfault",
+            &[("x-envoy-fault-abort-request", "429")],
+        ),
+        (
+            "GET",
+            "/hdrfault",
+            &[("x-envoy-fault-abort-grpc-request", "7")],
+        ),
+        ("GET", "/hdrfault", &[]),
+        ("GET", "/timeout", &[]),
+        ("GET", "/timeout", grpc),
+        // Envoy ignores the route timeout on a route with max_stream_duration: plain
+        // HTTP waits for the slow upstream; gRPC uses grpc-timeout (capped).
+        ("GET", "/msd", &[]),
+        (
+            "GET",
+            "/msd",
+            &[
+                ("content-type", "application/grpc"),
+                ("grpc-timeout", "10S"),
+            ],
+        ),
+        ("GET", "/retry", &[]),
+        ("GET", "/exhaust", &[]),
+        ("GET", "/reset", &[]),
+        ("GET", "/pertry", &[]),
+        (
+            "GET",
+            "/x",
+            &[
+                ("x-envoy-retry-on", "5xx"),
+                ("x-envoy-upstream-rq-timeout-ms", "100"),
+            ],
+        ),
+        ("GET", "/limited", &[]),
+        ("GET", "/limited", &[]),
+        ("GET", "/limited", &[]),
+        (
+            "OPTIONS",
+            "/cors",
+            &[
+                ("origin", "https://a.example.org"),
+                ("access-control-request-method", "POST"),
+            ],
+        ),
+        (
+            "OPTIONS",
+            "/cors",
+            &[
+                ("origin", "https://evil.com"),
+                ("access-control-request-method", "POST"),
+            ],
+        ),
+        ("GET", "/cors", &[("origin", "https://app.example.com")]),
+        ("GET", "/cors", &[("origin", "https://evil.com")]),
+        ("GET", "/mirror", &[]),
+    ];
+    for (method, path, headers) in cases {
+        let req = |addr: SocketAddr| {
+            let mut b = http::Request::builder()
+                .method(*method)
+                .uri(*path)
+                .header("host", "svc.local:8080");
+            for (k, v) in *headers {
+                b = b.header(*k, *v);
+            }
+            send(
+                addr,
+                b.body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap(),
+            )
+        };
+        let t = seen2(&req(theirs.addr).await);
+        let m = seen2(&req(mine.addr).await);
+        assert_eq!(m, t, "{method} {path} {headers:?}");
+    }
+    // The same number of requests reached each upstream (retries, faults, limits).
+    for (name, t, m) in [
+        ("flaky", &theirs.flaky, &mine.flaky),
+        ("slow", &theirs.slow, &mine.slow),
+        ("closing", &theirs.closing, &mine.closing),
+    ] {
+        assert_eq!(m.hits(), t.hits(), "requests reaching {name}");
+    }
+    for _ in 0..100 {
+        if theirs.mirror.hits() == 1 && mine.mirror.hits() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let host = |s: &Side| {
+        s.mirror.seen()[0].headers["host"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(host(&mine), host(&theirs), "the mirror's host");
 }

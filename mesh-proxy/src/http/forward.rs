@@ -362,6 +362,7 @@ pub(super) async fn forward(
     };
 
     let include_attempts = vhost.include_request_attempt_count;
+    st.attempt_count_header = vhost.include_attempt_count_in_response;
     let idle = stream_idle(&hcm, action.idle_timeout);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt: u32 = 0;
@@ -369,7 +370,6 @@ pub(super) async fn forward(
     let mut rand = || rand::random::<u64>();
     loop {
         attempt += 1;
-        st.info.attempt_count = attempt;
         let avoid = retry.as_ref().is_some_and(RetryState::avoid_previous_hosts);
         let attempts = retry
             .as_ref()
@@ -384,6 +384,7 @@ pub(super) async fn forward(
                 ResponseFlags::NO_HEALTHY_UPSTREAM,
             );
         };
+        st.info.attempt_count = attempt;
         st.info.upstream_host = Some(host.addr);
         let host_guard = host.request_guard();
         // Retries tell the upstream what is left of the route timeout.

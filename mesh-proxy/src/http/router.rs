@@ -219,6 +219,7 @@ pub async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<Re
         encode: EncodeState::default(),
         stream_deadline: None,
         set_cookies: Vec::new(),
+        attempt_count_header: false,
     };
     pipeline(&mut st, parts, body, upgrade, on_upgrade).await
 }
@@ -361,8 +362,9 @@ async fn pipeline(
         st.stream_deadline = d.map(|d| Instant::from_std(st.info.start) + d);
     }
     let deadline = st.stream_deadline;
-    // The access log of a stream that times out needs the request, which the stages own.
-    let log_parts = (deadline.is_some() && !cx.hcm.access_log.is_empty()).then(|| {
+    // The reply to a stream that times out needs the request (route header formatters,
+    // access log), which the stages own.
+    let timeout_parts = deadline.map(|_| {
         let (mut p, ()) = Request::new(()).into_parts();
         p.method = parts.method.clone();
         p.uri = parts.uri.clone();
@@ -380,7 +382,7 @@ async fn pipeline(
         None => stages.await,
         Some(d) => match tokio::time::timeout_at(d, stages).await {
             Ok(resp) => resp,
-            Err(_) => st.duration_timeout(log_parts.as_ref()),
+            Err(_) => st.duration_timeout(timeout_parts.as_ref()),
         },
     }
 }
@@ -470,9 +472,10 @@ async fn run_filters(
                 ) {
                     cors::Decision::Pass => {}
                     cors::Decision::Continue(enc) => st.encode.cors = enc,
-                    cors::Decision::Preflight(resp) => {
+                    cors::Decision::Preflight(resp, enc) => {
                         st.info.response_code_details = "cors_response";
-                        return Some(st.finish_filter(parts, *resp));
+                        st.encode.cors = enc;
+                        return Some(st.finish_direct(parts, *resp));
                     }
                 }
             }
@@ -754,6 +757,9 @@ pub(super) struct State {
     pub stream_deadline: Option<Instant>,
     /// `set-cookie` values from hash policies with a cookie ttl.
     pub set_cookies: Vec<HeaderValue>,
+    /// The virtual host's `include_attempt_count_in_response` (router replies carry it
+    /// once an attempt was made).
+    pub attempt_count_header: bool,
 }
 
 impl State {
@@ -770,7 +776,7 @@ impl State {
         self.info.response_flags.insert(flags);
         self.info.response_code_details = details;
         let resp = local_reply::build(status, Bytes::from_static(body.as_bytes()), self.grpc);
-        self.finish(parts, resp)
+        self.router_reply(parts, resp)
     }
 
     pub fn local_owned(
@@ -784,6 +790,20 @@ impl State {
         self.info.response_flags.insert(flags);
         self.info.response_code_details = details;
         let resp = local_reply::build(status, Bytes::from(body), self.grpc);
+        self.router_reply(parts, resp)
+    }
+
+    fn router_reply(
+        &mut self,
+        parts: &Parts,
+        mut resp: Response<ResponseBody>,
+    ) -> Response<ResponseBody> {
+        if self.attempt_count_header && self.info.attempt_count > 0 {
+            resp.headers_mut().insert(
+                &super::request_headers::X_ENVOY_ATTEMPT_COUNT,
+                HeaderValue::from(self.info.attempt_count),
+            );
+        }
         self.finish(parts, resp)
     }
 
@@ -798,16 +818,27 @@ impl State {
             self.grpc,
             Some(4),
         );
-        self.finish_parts(parts, resp, false)
+        self.finish_parts(parts, resp, true)
     }
 
-    /// A response made by a filter: the route's response header mutations do not apply.
-    pub fn finish_filter(
+    /// A response a filter encodes itself (not a local reply: no route header mutations,
+    /// as Envoy's CORS preflight).
+    pub fn finish_direct(
         &mut self,
         parts: &Parts,
         resp: Response<ResponseBody>,
     ) -> Response<ResponseBody> {
         self.finish_parts(Some(parts), resp, false)
+    }
+
+    /// A response made by a filter. Envoy's filter manager applies the selected route's
+    /// response header mutations to local replies too (checked against Envoy 1.40).
+    pub fn finish_filter(
+        &mut self,
+        parts: &Parts,
+        resp: Response<ResponseBody>,
+    ) -> Response<ResponseBody> {
+        self.finish_parts(Some(parts), resp, true)
     }
 
     /// Response-path processing common to every router response, then the completion

@@ -327,3 +327,204 @@ pub fn skip_without(tool: &str) -> bool {
     }
     !found
 }
+
+/// What a scripted upstream does with one request.
+#[derive(Debug, Clone)]
+pub enum Act {
+    /// Answer with this status (body: the request body's length as text).
+    Status(u16),
+    /// Wait, then answer with this status.
+    Delay(Duration, u16),
+    /// A trailers-only gRPC answer with this `grpc-status`.
+    Grpc(u32),
+    /// Drop the connection without answering.
+    Close,
+}
+
+/// A request a scripted upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: http::Method,
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// An upstream whose answers come from `script(n, request)`, `n` counting requests
+/// from 0 over every upstream sharing `counter`.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    pub seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    /// Requests being handled now.
+    pub in_progress: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Scripted {
+    pub fn hits(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+pub type Script = Arc<dyn Fn(u64, &Seen) -> Act + Send + Sync>;
+
+pub async fn scripted(counter: Arc<AtomicU64>, script: Script) -> Scripted {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Arc::default();
+    let in_progress = Arc::new(AtomicU64::new(0));
+    let (seen2, inp2) = (seen.clone(), in_progress.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let (seen, inp, counter, script) =
+                (seen2.clone(), inp2.clone(), counter.clone(), script.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (seen, inp, counter, script) =
+                        (seen.clone(), inp.clone(), counter.clone(), script.clone());
+                    async move {
+                        inp.fetch_add(1, Ordering::SeqCst);
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
+                        let s = Seen {
+                            method: parts.method.clone(),
+                            path: parts
+                                .uri
+                                .path_and_query()
+                                .map_or("/".into(), |p| p.as_str().into()),
+                            headers: parts.headers.clone(),
+                            body,
+                        };
+                        let n = counter.fetch_add(1, Ordering::SeqCst);
+                        let act = script(n, &s);
+                        let len = s.body.len();
+                        seen.lock().unwrap().push(s);
+                        let status = match act {
+                            Act::Status(st) => st,
+                            Act::Delay(d, st) => {
+                                tokio::time::sleep(d).await;
+                                st
+                            }
+                            Act::Grpc(code) => {
+                                inp.fetch_sub(1, Ordering::SeqCst);
+                                let mut r = Response::new(Full::new(Bytes::new()));
+                                r.headers_mut()
+                                    .insert("content-type", "application/grpc".parse().unwrap());
+                                r.headers_mut()
+                                    .insert("grpc-status", code.to_string().parse().unwrap());
+                                return Ok(r);
+                            }
+                            Act::Close => {
+                                inp.fetch_sub(1, Ordering::SeqCst);
+                                return Err(std::io::Error::other("scripted close"));
+                            }
+                        };
+                        inp.fetch_sub(1, Ordering::SeqCst);
+                        let mut r = Response::new(Full::new(Bytes::from(len.to_string())));
+                        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::io::Error>(r)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Scripted {
+        addr,
+        seen,
+        in_progress,
+        task,
+    }
+}
+
+/// A keep-alive HTTP/1.1 client connection to the proxy.
+pub struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> Conn {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Conn { sender }
+    }
+
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Got {
+        self.sender.ready().await.unwrap();
+        let resp = self.sender.send_request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
+/// An HCM JSON with an access log in `path` written with `format`, and `filters`
+/// (JSON http filters) before the router.
+pub fn hcm_with(route_config: Value, filters: Vec<Value>, log: Option<(&str, &str)>) -> Value {
+    let mut f = filters;
+    f.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    let mut h = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "test",
+        "route_config": route_config,
+        "http_filters": f,
+    });
+    if let Some((path, format)) = log {
+        h["access_log"] = json!([{
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": path,
+                "log_format": {"text_format_source": {"inline_string": format}},
+            },
+        }]);
+    }
+    h
+}
+
+/// Waits until `path` has at least `n` lines (access logs are written off the request
+/// path) and returns them.
+pub async fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    for _ in 0..200 {
+        let lines: Vec<String> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{} has fewer than {n} lines", path.display());
+}

@@ -210,8 +210,9 @@ pub enum Decision {
     Pass,
     /// Continue to the router; `Some` adds the CORS headers to the response.
     Continue(Option<Encode>),
-    /// A preflight answered here (details `cors_response`).
-    Preflight(Box<Response<ResponseBody>>),
+    /// A preflight answered here (details `cors_response`); the filter's response side
+    /// then runs on it too, as in Envoy (so it carries the expose headers).
+    Preflight(Box<Response<ResponseBody>>, Option<Encode>),
 }
 
 /// Runs the filter's request side. `random` draws `filter_enabled` / `shadow_enabled`.
@@ -296,7 +297,7 @@ pub fn decide(
             HeaderValue::from_static("true"),
         );
     }
-    Decision::Preflight(Box::new(resp))
+    Decision::Preflight(Box::new(resp), encode)
 }
 
 #[cfg(test)]
@@ -342,7 +343,7 @@ mod tests {
             ("origin", "https://a.example.org"),
             ("access-control-request-method", "POST"),
         ]);
-        let Decision::Preflight(resp) = decide(&Policies(&ps), &Method::OPTIONS, &h, 0) else {
+        let Decision::Preflight(resp, _) = decide(&Policies(&ps), &Method::OPTIONS, &h, 0) else {
             panic!("expected a preflight reply");
         };
         let r = resp.headers();
@@ -389,7 +390,7 @@ mod tests {
             Decision::Continue(None)
         ));
         p.forward_not_matching_preflights = Some(false);
-        let Decision::Preflight(resp) = decide(&Policies(&[&p]), &Method::OPTIONS, &h, 0) else {
+        let Decision::Preflight(resp, _) = decide(&Policies(&[&p]), &Method::OPTIONS, &h, 0) else {
             panic!("expected a bare preflight reply");
         };
         assert!(resp.headers().get("access-control-allow-origin").is_none());
@@ -408,7 +409,7 @@ mod tests {
             ("access-control-request-method", "PUT"),
             ("access-control-request-headers", "x-a,x-b"),
         ]);
-        let Decision::Preflight(resp) =
+        let Decision::Preflight(resp, _) =
             decide(&Policies(&[&route, &vhost]), &Method::OPTIONS, &h, 0)
         else {
             panic!("expected a preflight reply");
