@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster as PbCluster;
 use mesh_proxy::config::cluster::Cluster;
 use mesh_proxy::config::endpoint::{HealthStatus, Locality};
 use mesh_proxy::upstream::lb::LocalityGroup;
-use mesh_proxy::upstream::{Host, HostSet, LbContext};
+use mesh_proxy::upstream::{Host, HostSet, LbContext, Membership};
 use serde_json::json;
 
 const HOSTS: usize = 50;
@@ -73,7 +73,7 @@ fn host_set(c: &Cluster, weighted: bool) -> HostSet {
                 .collect(),
         })
         .collect();
-    HostSet::build(c, vec![groups], 140)
+    HostSet::build(c, &Membership::new(vec![groups], 140))
 }
 
 fn bench(c: &mut Criterion) {

@@ -133,7 +133,7 @@ async fn sotw_nack_keeps_last_good() {
 async fn bad_cluster_is_nacked_by_field_and_others_apply() {
     let (xds, proxy, up, _port) = tcp_setup(false).await;
     let mut bad = eds_cluster("bad");
-    bad["outlierDetection"] = json!({"consecutive5xx": 3});
+    bad["lbSubsetConfig"] = json!({"fallbackPolicy": "ANY_ENDPOINT"});
     set(
         &xds,
         CDS,
@@ -144,13 +144,13 @@ async fn bad_cluster_is_nacked_by_field_and_others_apply() {
         ],
     );
     let nack = xds
-        .wait_for_nack(CDS, "outlier_detection", WAIT)
+        .wait_for_nack(CDS, "lb_subset_config", WAIT)
         .await
         .expect("NACK");
     assert!(
         nack.error
             .unwrap()
-            .contains("Cluster \"bad\": outlier_detection")
+            .contains("Cluster \"bad\": lb_subset_config")
     );
     // The good cluster in the same response is applied anyway (as Envoy does).
     eventually("cluster c", || async {

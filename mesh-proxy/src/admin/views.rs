@@ -2,6 +2,7 @@
 
 use std::{fmt::Write, net::SocketAddr};
 
+use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::{
     envoy::{
         admin::v3::{
@@ -61,19 +62,39 @@ pub(super) fn clusters_text(state: &AdminState) -> String {
     names.sort();
     for name in names {
         let c = &all[name];
-        let cb = c.circuit_breakers();
         let _ = writeln!(out, "{name}::observability_name::{}", c.config().stat_name);
-        for (kind, label) in [
-            (ResourceKind::Connections, "max_connections"),
-            (ResourceKind::PendingRequests, "max_pending_requests"),
-            (ResourceKind::Requests, "max_requests"),
-            (ResourceKind::Retries, "max_retries"),
-        ] {
+        if let Some(d) = c.outlier_detector() {
+            let [(avg, threshold), (local_avg, local_threshold)] = d.success_rate_numbers();
+            let _ = writeln!(out, "{name}::outlier::success_rate_average::{avg}");
             let _ = writeln!(
                 out,
-                "{name}::default_priority::{label}::{}",
-                cb.usage(kind).1
+                "{name}::outlier::success_rate_ejection_threshold::{threshold}"
             );
+            let _ = writeln!(
+                out,
+                "{name}::outlier::local_origin_success_rate_average::{local_avg}"
+            );
+            let _ = writeln!(
+                out,
+                "{name}::outlier::local_origin_success_rate_ejection_threshold::{local_threshold}"
+            );
+        }
+        for (cb, priority) in [
+            (c.circuit_breakers(), "default"),
+            (c.high_circuit_breakers(), "high"),
+        ] {
+            for (kind, label) in [
+                (ResourceKind::Connections, "max_connections"),
+                (ResourceKind::PendingRequests, "max_pending_requests"),
+                (ResourceKind::Requests, "max_requests"),
+                (ResourceKind::Retries, "max_retries"),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "{name}::{priority}_priority::{label}::{}",
+                    cb.usage(kind).1
+                );
+            }
         }
         let _ = writeln!(out, "{name}::added_via_api::true");
         if let Some(eds) = c.config().eds_service_name() {
@@ -90,24 +111,37 @@ pub(super) fn clusters_text(state: &AdminState) -> String {
             let _ = writeln!(out, "{name}::{a}::cx_total::{}", h.total_connections());
             let _ = writeln!(out, "{name}::{a}::rq_active::{}", h.active_requests());
             let _ = writeln!(out, "{name}::{a}::rq_total::{}", h.total_requests());
-            let health = match h.health() {
-                HealthStatus::Healthy => "healthy",
-                HealthStatus::Degraded => "/degraded",
-                HealthStatus::Unhealthy => "/eds_unhealthy",
-            };
+            let [rate, local_rate] = h.success_rates();
             let _ = writeln!(out, "{name}::{a}::hostname::{}", h.hostname);
-            let _ = writeln!(out, "{name}::{a}::health_flags::{health}");
+            let _ = writeln!(out, "{name}::{a}::health_flags::{}", health_flags(h));
             let _ = writeln!(out, "{name}::{a}::weight::{}", h.weight);
             let _ = writeln!(out, "{name}::{a}::region::{}", h.locality.region);
             let _ = writeln!(out, "{name}::{a}::zone::{}", h.locality.zone);
             let _ = writeln!(out, "{name}::{a}::sub_zone::{}", h.locality.sub_zone);
             let _ = writeln!(out, "{name}::{a}::canary::false");
             let _ = writeln!(out, "{name}::{a}::priority::{}", h.priority);
-            let _ = writeln!(out, "{name}::{a}::success_rate::-1");
-            let _ = writeln!(out, "{name}::{a}::local_origin_success_rate::-1");
+            let _ = writeln!(out, "{name}::{a}::success_rate::{rate}");
+            let _ = writeln!(out, "{name}::{a}::local_origin_success_rate::{local_rate}");
         }
     }
     out
+}
+
+/// Envoy's `healthFlagsToString`: "healthy", or each failing flag prefixed with `/`.
+fn health_flags(h: &crate::upstream::Host) -> String {
+    let mut flags = String::new();
+    if h.is_ejected() {
+        flags.push_str("/failed_outlier_check");
+    }
+    match h.health() {
+        HealthStatus::Healthy => {}
+        HealthStatus::Degraded => flags.push_str("/degraded_eds_health"),
+        HealthStatus::Unhealthy => flags.push_str("/failed_eds_health"),
+    }
+    if flags.is_empty() {
+        flags.push_str("healthy");
+    }
+    flags
 }
 
 pub(super) fn clusters_json(state: &AdminState) -> Result<Value, DumpError> {
@@ -141,8 +175,11 @@ pub(super) fn clusters_json(state: &AdminState) -> Result<Value, DumpError> {
                         HealthStatus::Degraded => PbHealth::Degraded,
                         HealthStatus::Unhealthy => PbHealth::Unhealthy,
                     } as i32,
+                    failed_outlier_check: h.is_ejected(),
                     ..Default::default()
                 }),
+                success_rate: percent(h.success_rates()[0]),
+                local_origin_success_rate: percent(h.success_rates()[1]),
                 weight: h.weight,
                 hostname: h.hostname.to_string(),
                 priority: h.priority,
@@ -151,12 +188,14 @@ pub(super) fn clusters_json(state: &AdminState) -> Result<Value, DumpError> {
                     zone: h.locality.zone.clone(),
                     sub_zone: h.locality.sub_zone.clone(),
                 }),
-                ..Default::default()
             })
             .collect();
+        let numbers = c.outlier_detector().map(|d| d.success_rate_numbers());
         statuses.push(ClusterStatus {
             name: name.clone(),
             added_via_api: true,
+            success_rate_ejection_threshold: numbers.and_then(|n| percent(n[0].1)),
+            local_origin_success_rate_ejection_threshold: numbers.and_then(|n| percent(n[1].1)),
             host_statuses,
             observability_name: c.config().stat_name.clone(),
             eds_service_name: c
@@ -170,6 +209,11 @@ pub(super) fn clusters_json(state: &AdminState) -> Result<Value, DumpError> {
     to_json(&Clusters {
         cluster_statuses: statuses,
     })
+}
+
+/// A success rate as Envoy's JSON has it: absent when not computed (negative).
+fn percent(v: f64) -> Option<Percent> {
+    (v >= 0.0).then_some(Percent { value: v })
 }
 
 pub(super) fn listeners_text(state: &AdminState) -> String {

@@ -25,6 +25,12 @@ use envoy_types::pb::{
 
 use super::{ConfigError, Result, decode_any, endpoint::ClusterLoadAssignment, opt_duration};
 
+mod outlier;
+mod socket;
+
+pub use outlier::{Enforcing, OutlierDetection};
+pub use socket::{TcpKeepalive, UpstreamBind};
+
 /// Envoy's default `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Envoy's default ring sizes and maglev table size.
@@ -53,6 +59,23 @@ pub struct Cluster {
     pub load_assignment: Option<ClusterLoadAssignment>,
     pub http: UpstreamHttpOptions,
     pub per_connection_buffer_limit_bytes: u32,
+    /// `upstream_bind_config`: the source address of upstream connections.
+    pub upstream_bind: Option<UpstreamBind>,
+    /// `upstream_connection_options.tcp_keepalive`.
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Round robin and least request: new hosts ramp up over a window.
+    pub slow_start: Option<SlowStart>,
+}
+
+/// `slow_start_config`: a host added after the cluster's first assignment gets
+/// `weight x max(min_weight_percent, (t / window) ^ (1 / aggression))` until the window ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowStart {
+    pub window: Duration,
+    pub aggression: f64,
+    /// A fraction (0.1 = Envoy's default 10%).
+    pub min_weight: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,18 +128,28 @@ pub enum LbPolicy {
 }
 
 /// The DEFAULT and HIGH priority thresholds (Envoy's defaults when unset).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CircuitBreakerThresholds {
     pub default: Thresholds,
     pub high: Thresholds,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Thresholds {
     pub max_connections: u32,
     pub max_pending_requests: u32,
     pub max_requests: u32,
     pub max_retries: u32,
+    /// When set, replaces `max_retries`: concurrent retries may be this share of the
+    /// active plus pending requests, never fewer than its minimum.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `circuit_breakers.thresholds[].retry_budget` (Envoy's defaults: 20%, at least 3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    pub budget_percent: f64,
+    pub min_retry_concurrency: u32,
 }
 
 impl Default for Thresholds {
@@ -126,6 +159,7 @@ impl Default for Thresholds {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            retry_budget: None,
         }
     }
 }
@@ -151,6 +185,29 @@ pub struct UpstreamHttpOptions {
     pub initial_stream_window_size: Option<u32>,
     pub initial_connection_window_size: Option<u32>,
     pub max_headers_count: Option<u32>,
+}
+
+impl Default for Cluster {
+    /// A STATIC round-robin cluster with Envoy's defaults and no endpoints (tests, builders).
+    fn default() -> Self {
+        Cluster {
+            name: String::new(),
+            stat_name: String::new(),
+            discovery: Discovery::Static,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            lb: LbPolicy::RoundRobin,
+            locality_weighted: false,
+            healthy_panic_threshold: 50.0,
+            circuit_breakers: CircuitBreakerThresholds::default(),
+            load_assignment: None,
+            http: UpstreamHttpOptions::default(),
+            per_connection_buffer_limit_bytes: 1024 * 1024,
+            upstream_bind: None,
+            tcp_keepalive: None,
+            outlier_detection: None,
+            slow_start: None,
+        }
+    }
 }
 
 impl Cluster {
@@ -186,9 +243,7 @@ fn convert(c: &cpb::Cluster) -> Result<Cluster> {
     }
     // Fields that change traffic and that we do not implement (yet): named, never ignored.
     unsupported_if(!c.health_checks.is_empty(), "health_checks")?;
-    unsupported_if(c.outlier_detection.is_some(), "outlier_detection")?;
     unsupported_if(c.lb_subset_config.is_some(), "lb_subset_config")?;
-    unsupported_if(c.upstream_bind_config.is_some(), "upstream_bind_config")?;
     unsupported_if(!c.dns_resolvers.is_empty(), "dns_resolvers")?;
     unsupported_if(c.dns_resolution_config.is_some(), "dns_resolution_config")?;
     unsupported_if(
@@ -204,10 +259,6 @@ fn convert(c: &cpb::Cluster) -> Result<Cluster> {
         "connection_pool_per_downstream_connection",
     )?;
     unsupported_if(
-        c.upstream_connection_options.is_some(),
-        "upstream_connection_options",
-    )?;
-    unsupported_if(
         c.transport_socket_matcher.is_some(),
         "transport_socket_matcher",
     )?;
@@ -216,11 +267,6 @@ fn convert(c: &cpb::Cluster) -> Result<Cluster> {
         c.upstream_http_protocol_options.is_some(),
         "upstream_http_protocol_options",
     )?;
-    unsupported_if(
-        c.common_http_protocol_options.is_some(),
-        "common_http_protocol_options",
-    )?;
-    unsupported_if(c.http_protocol_options.is_some(), "http_protocol_options")?;
     if let Some(ts) = &c.transport_socket {
         raw_buffer_only(ts, "transport_socket")?;
     }
@@ -236,7 +282,11 @@ fn convert(c: &cpb::Cluster) -> Result<Cluster> {
     let discovery = discovery(c)?;
     let connect_timeout =
         opt_duration(&c.connect_timeout, "connect_timeout")?.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-    let (mut lb, mut locality_weighted) = lb_policy(c)?;
+    let LbChoice {
+        policy: mut lb,
+        mut locality_weighted,
+        slow_start,
+    } = lb_policy(c)?;
     let mut healthy_panic_threshold = 50.0;
     if let Some(common) = &c.common_lb_config {
         if let Some(p) = &common.healthy_panic_threshold {
@@ -339,17 +389,30 @@ fn convert(c: &cpb::Cluster) -> Result<Cluster> {
 
     let circuit_breakers = circuit_breakers(c)?;
     let mut http = UpstreamHttpOptions::default();
+    let mut typed_http = false;
     for (name, any) in &c.typed_extension_protocol_options {
         let field = format!("typed_extension_protocol_options[{name:?}]");
         if name != HTTP_PROTOCOL_OPTIONS {
             return Err(ConfigError::unsupported(field));
         }
         http = upstream_http(any).map_err(|e| e.at(&field))?;
+        typed_http = true;
     }
-    if http.max_requests_per_connection.is_none() {
-        // Deprecated location; the typed options win when both are set (as in Envoy).
-        http.max_requests_per_connection = c.max_requests_per_connection.map(|m| m.value);
-    }
+    deprecated_http(c, &mut http, typed_http)?;
+    let upstream_bind = c
+        .upstream_bind_config
+        .as_ref()
+        .map(socket::bind)
+        .transpose()?;
+    let tcp_keepalive = match &c.upstream_connection_options {
+        Some(o) => socket::connection_options(o)?,
+        None => None,
+    };
+    let outlier_detection = c
+        .outlier_detection
+        .as_ref()
+        .map(OutlierDetection::try_from)
+        .transpose()?;
 
     Ok(Cluster {
         name: c.name.clone(),
@@ -370,7 +433,46 @@ fn convert(c: &cpb::Cluster) -> Result<Cluster> {
             .per_connection_buffer_limit_bytes
             .map(|v| v.value)
             .unwrap_or(1024 * 1024),
+        upstream_bind,
+        tcp_keepalive,
+        outlier_detection,
+        slow_start,
     })
+}
+
+/// The deprecated cluster-level HTTP options (`http_protocol_options`,
+/// `http2_protocol_options`, `common_http_protocol_options`, `protocol_selection`,
+/// `max_requests_per_connection`): still valid Envoy config, and Envoy refuses them next to
+/// the typed `HttpProtocolOptions`.
+fn deprecated_http(c: &cpb::Cluster, http: &mut UpstreamHttpOptions, typed: bool) -> Result<()> {
+    let any_deprecated = c.http_protocol_options.is_some()
+        || c.http2_protocol_options.is_some()
+        || c.common_http_protocol_options.is_some()
+        || c.protocol_selection != 0;
+    if typed && any_deprecated {
+        return Err(ConfigError::field(
+            "typed_extension_protocol_options",
+            "cannot be combined with the deprecated http_protocol_options, http2_protocol_options, common_http_protocol_options or protocol_selection",
+        ));
+    }
+    if let Some(common) = &c.common_http_protocol_options {
+        common_options(http, common, "common_http_protocol_options")?;
+    }
+    if let Some(h2) = &c.http2_protocol_options {
+        http.protocol = UpstreamProtocol::Http2;
+        h2_options(http, h2, "http2_protocol_options")?;
+    }
+    if c.protocol_selection == cpb::cluster::ClusterProtocolSelection::UseDownstreamProtocol as i32
+    {
+        http.protocol = UpstreamProtocol::UseDownstream;
+    } else if c.protocol_selection != 0 {
+        return Err(ConfigError::field("protocol_selection", "unknown value"));
+    }
+    if http.max_requests_per_connection.is_none() {
+        // Deprecated location; the typed options win when both are set (as in Envoy).
+        http.max_requests_per_connection = c.max_requests_per_connection.map(|m| m.value);
+    }
+    Ok(())
 }
 
 fn raw_buffer_only(ts: &TransportSocket, field: &str) -> Result<()> {
@@ -514,7 +616,80 @@ pub(crate) fn ads_source(
     }
 }
 
-fn lb_policy(c: &cpb::Cluster) -> Result<(LbPolicy, bool)> {
+/// The load-balancing policy with what comes with it.
+struct LbChoice {
+    policy: LbPolicy,
+    locality_weighted: bool,
+    slow_start: Option<SlowStart>,
+}
+
+impl From<(LbPolicy, bool)> for LbChoice {
+    fn from((policy, locality_weighted): (LbPolicy, bool)) -> Self {
+        LbChoice {
+            policy,
+            locality_weighted,
+            slow_start: None,
+        }
+    }
+}
+
+/// `slow_start_config` (the cluster's legacy message and the typed policies' are the same
+/// shape). A zero or missing window turns slow start off, as in Envoy.
+fn slow_start(
+    window: &Option<envoy_types::pb::google::protobuf::Duration>,
+    aggression: Option<f64>,
+    min_weight_percent: Option<f64>,
+    field: &str,
+) -> Result<Option<SlowStart>> {
+    let window = opt_duration(window, &format!("{field}.slow_start_window"))?.unwrap_or_default();
+    let aggression = aggression.unwrap_or(1.0);
+    if aggression.is_nan() || aggression <= 0.0 {
+        return Err(ConfigError::field(
+            format!("{field}.aggression"),
+            format!("must be greater than 0 (got {aggression})"),
+        ));
+    }
+    let min = min_weight_percent.unwrap_or(10.0);
+    if !(0.0..=100.0).contains(&min) {
+        return Err(ConfigError::field(
+            format!("{field}.min_weight_percent"),
+            "must be within 0..=100",
+        ));
+    }
+    Ok((!window.is_zero()).then_some(SlowStart {
+        window,
+        aggression,
+        min_weight: min / 100.0,
+    }))
+}
+
+fn legacy_slow_start(
+    s: &Option<cluster::SlowStartConfig>,
+    field: &str,
+) -> Result<Option<SlowStart>> {
+    let Some(s) = s else { return Ok(None) };
+    slow_start(
+        &s.slow_start_window,
+        s.aggression.as_ref().map(|a| a.default_value),
+        s.min_weight_percent.as_ref().map(|p| p.value),
+        field,
+    )
+}
+
+fn typed_slow_start(
+    s: &Option<lb_common::SlowStartConfig>,
+    field: &str,
+) -> Result<Option<SlowStart>> {
+    let Some(s) = s else { return Ok(None) };
+    slow_start(
+        &s.slow_start_window,
+        s.aggression.as_ref().map(|a| a.default_value),
+        s.min_weight_percent.as_ref().map(|p| p.value),
+        field,
+    )
+}
+
+fn lb_policy(c: &cpb::Cluster) -> Result<LbChoice> {
     use cpb::cluster::LbPolicy as P;
     if let Some(policy) = &c.load_balancing_policy {
         return typed_lb_policy(policy);
@@ -522,11 +697,12 @@ fn lb_policy(c: &cpb::Cluster) -> Result<(LbPolicy, bool)> {
     let p = P::try_from(c.lb_policy)
         .map_err(|_| ConfigError::field("lb_policy", format!("unknown value {}", c.lb_policy)))?;
     let cfg = c.lb_config.as_ref();
+    let mut slow = None;
     let policy = match p {
         P::RoundRobin => {
             if let Some(cluster::LbConfig::RoundRobinLbConfig(rr)) = cfg {
-                unsupported_if(
-                    rr.slow_start_config.is_some(),
+                slow = legacy_slow_start(
+                    &rr.slow_start_config,
                     "round_robin_lb_config.slow_start_config",
                 )?;
             }
@@ -535,8 +711,8 @@ fn lb_policy(c: &cpb::Cluster) -> Result<(LbPolicy, bool)> {
         P::LeastRequest => {
             let (mut choice_count, mut bias) = (2, 1.0);
             if let Some(cluster::LbConfig::LeastRequestLbConfig(lr)) = cfg {
-                unsupported_if(
-                    lr.slow_start_config.is_some(),
+                slow = legacy_slow_start(
+                    &lr.slow_start_config,
                     "least_request_lb_config.slow_start_config",
                 )?;
                 if let Some(n) = lr.choice_count {
@@ -596,7 +772,11 @@ fn lb_policy(c: &cpb::Cluster) -> Result<(LbPolicy, bool)> {
             ));
         }
     };
-    Ok((policy, false))
+    Ok(LbChoice {
+        policy,
+        locality_weighted: false,
+        slow_start: slow,
+    })
 }
 
 fn ring_sizes(min: u64, max: u64, field: &str) -> Result<()> {
@@ -642,7 +822,7 @@ fn locality_lb(l: &Option<lb_common::LocalityLbConfig>, field: &str) -> Result<b
 
 /// `load_balancing_policy`: Envoy takes the first policy it supports; so do we, and
 /// reject the cluster only when none is supported.
-fn typed_lb_policy(p: &cpb::LoadBalancingPolicy) -> Result<(LbPolicy, bool)> {
+fn typed_lb_policy(p: &cpb::LoadBalancingPolicy) -> Result<LbChoice> {
     let mut names = Vec::new();
     for (i, policy) in p.policies.iter().enumerate() {
         let field = format!("load_balancing_policy.policies[{i}].typed_extension_config");
@@ -663,119 +843,121 @@ fn typed_lb_policy(p: &cpb::LoadBalancingPolicy) -> Result<(LbPolicy, bool)> {
     ))
 }
 
-fn typed_policy(any: &Any, field: &str) -> Result<Option<(LbPolicy, bool)>> {
+fn typed_policy(any: &Any, field: &str) -> Result<Option<LbChoice>> {
     let name = any.type_url.rsplit('/').next().unwrap_or_default();
-    Ok(Some(match name {
-        "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => {
-            let rr: RoundRobin = decode_any(any, field)?;
-            unsupported_if(
-                rr.slow_start_config.is_some(),
-                &format!("{field}.slow_start_config"),
-            )?;
-            (
-                LbPolicy::RoundRobin,
-                locality_lb(&rr.locality_lb_config, field)?,
-            )
-        }
-        "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest" => {
-            let lr: LeastRequest = decode_any(any, field)?;
-            unsupported_if(
-                lr.slow_start_config.is_some(),
-                &format!("{field}.slow_start_config"),
-            )?;
-            unsupported_if(
-                lr.enable_full_scan.is_some_and(|b| b.value),
-                &format!("{field}.enable_full_scan"),
-            )?;
-            unsupported_if(
-                lr.selection_method != 0,
-                &format!("{field}.selection_method"),
-            )?;
-            let choice_count = lr.choice_count.map(|v| v.value).unwrap_or(2);
-            if choice_count < 2 {
-                return Err(ConfigError::field(
-                    format!("{field}.choice_count"),
-                    "must be at least 2",
-                ));
+    Ok(Some(
+        match name {
+            "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => {
+                let rr: RoundRobin = decode_any(any, field)?;
+                return Ok(Some(LbChoice {
+                    policy: LbPolicy::RoundRobin,
+                    locality_weighted: locality_lb(&rr.locality_lb_config, field)?,
+                    slow_start: typed_slow_start(
+                        &rr.slow_start_config,
+                        &format!("{field}.slow_start_config"),
+                    )?,
+                }));
             }
-            let bias = lr
-                .active_request_bias
-                .map(|b| b.default_value)
-                .unwrap_or(1.0);
-            (
-                LbPolicy::LeastRequest {
-                    choice_count,
-                    active_request_bias: bias,
-                },
-                locality_lb(&lr.locality_lb_config, field)?,
-            )
-        }
-        "envoy.extensions.load_balancing_policies.random.v3.Random" => {
-            let r: Random = decode_any(any, field)?;
-            (LbPolicy::Random, locality_lb(&r.locality_lb_config, field)?)
-        }
-        "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash" => {
-            let r: RingHash = decode_any(any, field)?;
-            if r.hash_function != 0 {
-                return Err(ConfigError::field(
-                    format!("{field}.hash_function"),
-                    "only XX_HASH is supported",
-                ));
+            "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest" => {
+                let lr: LeastRequest = decode_any(any, field)?;
+                let slow_start =
+                    typed_slow_start(&lr.slow_start_config, &format!("{field}.slow_start_config"))?;
+                unsupported_if(
+                    lr.enable_full_scan.is_some_and(|b| b.value),
+                    &format!("{field}.enable_full_scan"),
+                )?;
+                unsupported_if(
+                    lr.selection_method != 0,
+                    &format!("{field}.selection_method"),
+                )?;
+                let choice_count = lr.choice_count.map(|v| v.value).unwrap_or(2);
+                if choice_count < 2 {
+                    return Err(ConfigError::field(
+                        format!("{field}.choice_count"),
+                        "must be at least 2",
+                    ));
+                }
+                let bias = lr
+                    .active_request_bias
+                    .map(|b| b.default_value)
+                    .unwrap_or(1.0);
+                return Ok(Some(LbChoice {
+                    policy: LbPolicy::LeastRequest {
+                        choice_count,
+                        active_request_bias: bias,
+                    },
+                    locality_weighted: locality_lb(&lr.locality_lb_config, field)?,
+                    slow_start,
+                }));
             }
-            unsupported_if(
-                r.hash_balance_factor.is_some(),
-                &format!("{field}.hash_balance_factor"),
-            )?;
-            let min = r
-                .minimum_ring_size
-                .map(|v| v.value)
-                .unwrap_or(DEFAULT_MIN_RING_SIZE);
-            let max = r
-                .maximum_ring_size
-                .map(|v| v.value)
-                .unwrap_or(DEFAULT_MAX_RING_SIZE);
-            ring_sizes(min, max, field)?;
-            let chc = r.consistent_hashing_lb_config.as_ref();
-            unsupported_if(
-                chc.is_some_and(|c| c.hash_balance_factor.is_some()),
-                &format!("{field}.consistent_hashing_lb_config.hash_balance_factor"),
-            )?;
-            let use_hostname =
-                r.use_hostname_for_hashing || chc.is_some_and(|c| c.use_hostname_for_hashing);
-            (
-                LbPolicy::RingHash {
-                    min_ring_size: min,
-                    max_ring_size: max,
-                    use_hostname,
-                },
-                r.locality_weighted_lb_config.is_some(),
-            )
+            "envoy.extensions.load_balancing_policies.random.v3.Random" => {
+                let r: Random = decode_any(any, field)?;
+                (LbPolicy::Random, locality_lb(&r.locality_lb_config, field)?)
+            }
+            "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash" => {
+                let r: RingHash = decode_any(any, field)?;
+                if r.hash_function != 0 {
+                    return Err(ConfigError::field(
+                        format!("{field}.hash_function"),
+                        "only XX_HASH is supported",
+                    ));
+                }
+                unsupported_if(
+                    r.hash_balance_factor.is_some(),
+                    &format!("{field}.hash_balance_factor"),
+                )?;
+                let min = r
+                    .minimum_ring_size
+                    .map(|v| v.value)
+                    .unwrap_or(DEFAULT_MIN_RING_SIZE);
+                let max = r
+                    .maximum_ring_size
+                    .map(|v| v.value)
+                    .unwrap_or(DEFAULT_MAX_RING_SIZE);
+                ring_sizes(min, max, field)?;
+                let chc = r.consistent_hashing_lb_config.as_ref();
+                unsupported_if(
+                    chc.is_some_and(|c| c.hash_balance_factor.is_some()),
+                    &format!("{field}.consistent_hashing_lb_config.hash_balance_factor"),
+                )?;
+                let use_hostname =
+                    r.use_hostname_for_hashing || chc.is_some_and(|c| c.use_hostname_for_hashing);
+                (
+                    LbPolicy::RingHash {
+                        min_ring_size: min,
+                        max_ring_size: max,
+                        use_hostname,
+                    },
+                    r.locality_weighted_lb_config.is_some(),
+                )
+            }
+            "envoy.extensions.load_balancing_policies.maglev.v3.Maglev" => {
+                let m: Maglev = decode_any(any, field)?;
+                let table_size = m
+                    .table_size
+                    .map(|v| v.value)
+                    .unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
+                maglev_size(table_size, &format!("{field}.table_size"))?;
+                let chc = m.consistent_hashing_lb_config.as_ref();
+                unsupported_if(
+                    chc.is_some_and(|c| c.hash_balance_factor.is_some()),
+                    &format!("{field}.consistent_hashing_lb_config.hash_balance_factor"),
+                )?;
+                (
+                    LbPolicy::Maglev {
+                        table_size,
+                        use_hostname: chc.is_some_and(|c| c.use_hostname_for_hashing),
+                    },
+                    m.locality_weighted_lb_config.is_some(),
+                )
+            }
+            "envoy.extensions.load_balancing_policies.cluster_provided.v3.ClusterProvided" => {
+                (LbPolicy::ClusterProvided, false)
+            }
+            _ => return Ok(None),
         }
-        "envoy.extensions.load_balancing_policies.maglev.v3.Maglev" => {
-            let m: Maglev = decode_any(any, field)?;
-            let table_size = m
-                .table_size
-                .map(|v| v.value)
-                .unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
-            maglev_size(table_size, &format!("{field}.table_size"))?;
-            let chc = m.consistent_hashing_lb_config.as_ref();
-            unsupported_if(
-                chc.is_some_and(|c| c.hash_balance_factor.is_some()),
-                &format!("{field}.consistent_hashing_lb_config.hash_balance_factor"),
-            )?;
-            (
-                LbPolicy::Maglev {
-                    table_size,
-                    use_hostname: chc.is_some_and(|c| c.use_hostname_for_hashing),
-                },
-                m.locality_weighted_lb_config.is_some(),
-            )
-        }
-        "envoy.extensions.load_balancing_policies.cluster_provided.v3.ClusterProvided" => {
-            (LbPolicy::ClusterProvided, false)
-        }
-        _ => return Ok(None),
-    }))
+        .into(),
+    ))
 }
 
 fn circuit_breakers(c: &cpb::Cluster) -> Result<CircuitBreakerThresholds> {
@@ -789,7 +971,6 @@ fn circuit_breakers(c: &cpb::Cluster) -> Result<CircuitBreakerThresholds> {
     )?;
     for (i, t) in cb.thresholds.iter().enumerate() {
         let field = format!("circuit_breakers.thresholds[{i}]");
-        unsupported_if(t.retry_budget.is_some(), &format!("{field}.retry_budget"))?;
         unsupported_if(
             t.max_connection_pools.is_some(),
             &format!("{field}.max_connection_pools"),
@@ -806,6 +987,11 @@ fn circuit_breakers(c: &cpb::Cluster) -> Result<CircuitBreakerThresholds> {
                 .unwrap_or(d.max_pending_requests),
             max_requests: t.max_requests.map(|v| v.value).unwrap_or(d.max_requests),
             max_retries: t.max_retries.map(|v| v.value).unwrap_or(d.max_retries),
+            retry_budget: t
+                .retry_budget
+                .as_ref()
+                .map(|b| retry_budget(b, &format!("{field}.retry_budget")))
+                .transpose()?,
         };
         match RoutingPriority::try_from(t.priority) {
             Ok(RoutingPriority::Default) => out.default = th,
@@ -819,6 +1005,29 @@ fn circuit_breakers(c: &cpb::Cluster) -> Result<CircuitBreakerThresholds> {
         }
     }
     Ok(out)
+}
+
+fn retry_budget(
+    b: &cpb::circuit_breakers::thresholds::RetryBudget,
+    field: &str,
+) -> Result<RetryBudget> {
+    let budget_percent = b.budget_percent.as_ref().map_or(20.0, |p| p.value);
+    if !(0.0..=100.0).contains(&budget_percent) {
+        return Err(ConfigError::field(
+            format!("{field}.budget_percent"),
+            "must be within 0..=100",
+        ));
+    }
+    unsupported_if(
+        b.budget_interval
+            .as_ref()
+            .is_some_and(|d| d.seconds != 0 || d.nanos != 0),
+        &format!("{field}.budget_interval"),
+    )?;
+    Ok(RetryBudget {
+        budget_percent,
+        min_retry_concurrency: b.min_retry_concurrency.map_or(3, |v| v.value),
+    })
 }
 
 fn upstream_http(any: &Any) -> Result<UpstreamHttpOptions> {
@@ -841,24 +1050,7 @@ fn upstream_http(any: &Any) -> Result<UpstreamHttpOptions> {
     unsupported_if(o.retry_policy.is_some(), "retry_policy")?;
     let mut out = UpstreamHttpOptions::default();
     if let Some(common) = &o.common_http_protocol_options {
-        out.idle_timeout = opt_duration(
-            &common.idle_timeout,
-            "common_http_protocol_options.idle_timeout",
-        )?;
-        out.max_connection_duration = opt_duration(
-            &common.max_connection_duration,
-            "common_http_protocol_options.max_connection_duration",
-        )?;
-        out.max_requests_per_connection = common.max_requests_per_connection.map(|v| v.value);
-        out.max_headers_count = common.max_headers_count.map(|v| v.value);
-        unsupported_if(
-            common.max_stream_duration.is_some(),
-            "common_http_protocol_options.max_stream_duration",
-        )?;
-        unsupported_if(
-            common.max_response_headers_kb.is_some(),
-            "common_http_protocol_options.max_response_headers_kb",
-        )?;
+        common_options(&mut out, common, "common_http_protocol_options")?;
     }
     use http_protocol_options::{
         UpstreamProtocolOptions as U, explicit_http_config::ProtocolConfig as P,
@@ -899,6 +1091,31 @@ fn upstream_http(any: &Any) -> Result<UpstreamHttpOptions> {
         }
     }
     Ok(out)
+}
+
+fn common_options(
+    out: &mut UpstreamHttpOptions,
+    common: &envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions,
+    field: &str,
+) -> Result<()> {
+    out.idle_timeout = opt_duration(&common.idle_timeout, &format!("{field}.idle_timeout"))?;
+    out.max_connection_duration = opt_duration(
+        &common.max_connection_duration,
+        &format!("{field}.max_connection_duration"),
+    )?;
+    out.max_requests_per_connection = common.max_requests_per_connection.map(|v| v.value);
+    out.max_headers_count = common.max_headers_count.map(|v| v.value);
+    unsupported_if(
+        common.max_stream_duration.is_some(),
+        &format!("{field}.max_stream_duration"),
+    )?;
+    unsupported_if(
+        common.max_response_headers_kb.is_some(),
+        &format!("{field}.max_response_headers_kb"),
+    )?;
+    // Upstream responses: Envoy applies headers_with_underscores_action to requests only
+    // (downstream codecs); on the upstream side it is descriptive.
+    Ok(())
 }
 
 fn h2_options(

@@ -44,6 +44,84 @@ pub struct XdsLabels {
 }
 
 type Counters<L> = Family<L, Counter>;
+
+/// Envoy's dotted stat name for a field: `outlier_detection_ejections_active` is
+/// `outlier_detection.ejections_active` in `/stats` (Prometheus joins with `_` anyway).
+fn envoy_stat_name(field: &'static str) -> &'static str {
+    match field.strip_prefix("outlier_detection_") {
+        Some(rest) => OUTLIER_NAMES
+            .iter()
+            .find(|(short, _)| *short == rest)
+            .map_or(field, |(_, dotted)| dotted),
+        None => field,
+    }
+}
+
+/// The dotted names of the outlier-detection stats (static, so `/stats` allocates none).
+const OUTLIER_NAMES: &[(&str, &str)] = &[
+    ("ejections_active", "outlier_detection.ejections_active"),
+    ("ejections_overflow", "outlier_detection.ejections_overflow"),
+    (
+        "ejections_enforced_total",
+        "outlier_detection.ejections_enforced_total",
+    ),
+    (
+        "ejections_enforced_consecutive_5xx",
+        "outlier_detection.ejections_enforced_consecutive_5xx",
+    ),
+    (
+        "ejections_detected_consecutive_5xx",
+        "outlier_detection.ejections_detected_consecutive_5xx",
+    ),
+    (
+        "ejections_enforced_consecutive_gateway_failure",
+        "outlier_detection.ejections_enforced_consecutive_gateway_failure",
+    ),
+    (
+        "ejections_detected_consecutive_gateway_failure",
+        "outlier_detection.ejections_detected_consecutive_gateway_failure",
+    ),
+    (
+        "ejections_enforced_consecutive_local_origin_failure",
+        "outlier_detection.ejections_enforced_consecutive_local_origin_failure",
+    ),
+    (
+        "ejections_detected_consecutive_local_origin_failure",
+        "outlier_detection.ejections_detected_consecutive_local_origin_failure",
+    ),
+    (
+        "ejections_enforced_success_rate",
+        "outlier_detection.ejections_enforced_success_rate",
+    ),
+    (
+        "ejections_detected_success_rate",
+        "outlier_detection.ejections_detected_success_rate",
+    ),
+    (
+        "ejections_enforced_local_origin_success_rate",
+        "outlier_detection.ejections_enforced_local_origin_success_rate",
+    ),
+    (
+        "ejections_detected_local_origin_success_rate",
+        "outlier_detection.ejections_detected_local_origin_success_rate",
+    ),
+    (
+        "ejections_enforced_failure_percentage",
+        "outlier_detection.ejections_enforced_failure_percentage",
+    ),
+    (
+        "ejections_detected_failure_percentage",
+        "outlier_detection.ejections_detected_failure_percentage",
+    ),
+    (
+        "ejections_enforced_local_origin_failure_percentage",
+        "outlier_detection.ejections_enforced_local_origin_failure_percentage",
+    ),
+    (
+        "ejections_detected_local_origin_failure_percentage",
+        "outlier_detection.ejections_detected_local_origin_failure_percentage",
+    ),
+];
 type Gauges<L> = Family<L, Gauge>;
 
 /// All the proxy's metrics. One per process, shared through [`crate::Runtime`].
@@ -96,7 +174,7 @@ macro_rules! families {
             /// `(envoy stat name, value)` pairs for the admin `/stats` text format (the
             /// field names are Envoy's stat names).
             pub fn values(&self) -> Vec<(&'static str, i64)> {
-                vec![ $( (stringify!($field), families!(@get self.$field, $kind)), )* ]
+                vec![ $( (envoy_stat_name(stringify!($field)), families!(@get self.$field, $kind)), )* ]
             }
         }
     };
@@ -127,8 +205,27 @@ families! {
         upstream_rq_retry: counter = "upstream_rq_retry", "retries";
         upstream_rq_retry_overflow: counter = "upstream_rq_retry_overflow", "retries refused by the max_retries circuit breaker";
         membership_total: gauge = "membership_total", "hosts in the cluster";
-        membership_healthy: gauge = "membership_healthy", "healthy hosts in the cluster";
+        membership_healthy: gauge = "membership_healthy", "healthy hosts in the cluster (EDS healthy, not ejected)";
+        membership_degraded: gauge = "membership_degraded", "degraded hosts in the cluster";
         update_success: counter = "update_success", "endpoint updates applied";
+        lb_healthy_panic: counter = "lb_healthy_panic", "hosts picked in panic mode (too few healthy hosts: all used)";
+        outlier_detection_ejections_active: gauge = "outlier_detection_ejections_active", "hosts ejected by outlier detection now";
+        outlier_detection_ejections_overflow: counter = "outlier_detection_ejections_overflow", "ejections refused by max_ejection_percent";
+        outlier_detection_ejections_enforced_total: counter = "outlier_detection_ejections_enforced_total", "ejections enforced, all kinds";
+        outlier_detection_ejections_enforced_consecutive_5xx: counter = "outlier_detection_ejections_enforced_consecutive_5xx", "consecutive 5xx ejections enforced";
+        outlier_detection_ejections_detected_consecutive_5xx: counter = "outlier_detection_ejections_detected_consecutive_5xx", "consecutive 5xx outliers detected";
+        outlier_detection_ejections_enforced_consecutive_gateway_failure: counter = "outlier_detection_ejections_enforced_consecutive_gateway_failure", "consecutive gateway failure ejections enforced";
+        outlier_detection_ejections_detected_consecutive_gateway_failure: counter = "outlier_detection_ejections_detected_consecutive_gateway_failure", "consecutive gateway failure outliers detected";
+        outlier_detection_ejections_enforced_consecutive_local_origin_failure: counter = "outlier_detection_ejections_enforced_consecutive_local_origin_failure", "consecutive local-origin failure ejections enforced";
+        outlier_detection_ejections_detected_consecutive_local_origin_failure: counter = "outlier_detection_ejections_detected_consecutive_local_origin_failure", "consecutive local-origin failure outliers detected";
+        outlier_detection_ejections_enforced_success_rate: counter = "outlier_detection_ejections_enforced_success_rate", "success-rate ejections enforced";
+        outlier_detection_ejections_detected_success_rate: counter = "outlier_detection_ejections_detected_success_rate", "success-rate outliers detected";
+        outlier_detection_ejections_enforced_local_origin_success_rate: counter = "outlier_detection_ejections_enforced_local_origin_success_rate", "local-origin success-rate ejections enforced";
+        outlier_detection_ejections_detected_local_origin_success_rate: counter = "outlier_detection_ejections_detected_local_origin_success_rate", "local-origin success-rate outliers detected";
+        outlier_detection_ejections_enforced_failure_percentage: counter = "outlier_detection_ejections_enforced_failure_percentage", "failure-percentage ejections enforced";
+        outlier_detection_ejections_detected_failure_percentage: counter = "outlier_detection_ejections_detected_failure_percentage", "failure-percentage outliers detected";
+        outlier_detection_ejections_enforced_local_origin_failure_percentage: counter = "outlier_detection_ejections_enforced_local_origin_failure_percentage", "local-origin failure-percentage ejections enforced";
+        outlier_detection_ejections_detected_local_origin_failure_percentage: counter = "outlier_detection_ejections_detected_local_origin_failure_percentage", "local-origin failure-percentage outliers detected";
     }
 }
 

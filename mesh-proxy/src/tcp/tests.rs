@@ -11,10 +11,7 @@ use tokio::{
 use super::*;
 use crate::config::{
     address::HostPort,
-    cluster::{
-        CircuitBreakerThresholds, Cluster as ClusterConfig, Discovery, LbPolicy,
-        UpstreamHttpOptions,
-    },
+    cluster::{Cluster as ClusterConfig, Discovery, LbPolicy},
     endpoint::{ClusterLoadAssignment, Endpoint, HealthStatus, LocalityEndpoints},
     tcp_proxy::ClusterChoice,
 };
@@ -26,9 +23,6 @@ fn static_cluster(name: &str, addr: SocketAddr) -> ClusterConfig {
         discovery: Discovery::Static,
         connect_timeout: Duration::from_secs(1),
         lb: LbPolicy::RoundRobin,
-        locality_weighted: false,
-        healthy_panic_threshold: 50.0,
-        circuit_breakers: CircuitBreakerThresholds::default(),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name.into(),
             localities: vec![LocalityEndpoints {
@@ -46,8 +40,7 @@ fn static_cluster(name: &str, addr: SocketAddr) -> ClusterConfig {
             overprovisioning_factor: 140,
             weighted_priority_health: false,
         }),
-        http: UpstreamHttpOptions::default(),
-        per_connection_buffer_limit_bytes: 1 << 20,
+        ..ClusterConfig::default()
     }
 }
 

@@ -1,22 +1,33 @@
-//! A live cluster: its config, the current [`HostSet`] (swapped atomically on endpoint
-//! updates), circuit breakers, stats, and how to open a TCP connection to one of its
-//! hosts. ORIGINAL_DST clusters create hosts on demand; STRICT_DNS clusters re-resolve
-//! in a background task owned by the cluster.
+//! A live cluster: its config, the current [`HostSet`] (swapped atomically whenever the
+//! endpoints or a host's health change), circuit breakers, outlier detection, stats, and
+//! how to open a TCP connection to one of its hosts. ORIGINAL_DST clusters create hosts
+//! on demand; STRICT_DNS clusters re-resolve in a background task owned by the cluster.
 
-use std::{collections::HashMap, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use tokio::{net::TcpStream, task::AbortHandle};
+use tokio::{net::TcpStream, task::AbortHandle, time::Instant};
 
 use super::{
-    CircuitBreakers, Host,
-    lb::{HostSet, LbContext, LocalityGroup},
+    CircuitBreakers, Host, dns,
+    lb::{HostSet, LbContext, LocalityGroup, Membership},
+    outlier::{Detector, Outcome},
+    socket,
 };
 use crate::{
     config::{
         address::HostPort,
-        cluster::{Cluster as ClusterConfig, Discovery, DnsFamily},
+        cluster::{Cluster as ClusterConfig, Discovery},
         endpoint::{ClusterLoadAssignment, HealthStatus},
     },
     stats::{ClusterLabels, ClusterStats, Stats},
@@ -35,14 +46,23 @@ pub enum ConnectError {
     Io { addr: SocketAddr, source: io::Error },
 }
 
+/// Orders clusters by creation, so that a host shared by an old and a new version of a
+/// cluster reports to the new one's outlier detector.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
 pub struct Cluster {
     config: Arc<ClusterConfig>,
+    generation: u64,
     hosts: ArcSwap<HostSet>,
-    /// The last endpoint assignment, to rebuild tables when health changes.
+    /// The hosts as the last assignment grouped them; rebuilt into `hosts` under this lock
+    /// when health changes, so an ejection never races an endpoint update.
+    membership: Mutex<Membership>,
+    /// The last endpoint assignment (EDS or inline).
     assignment: ArcSwap<Option<ClusterLoadAssignment>>,
     circuit_breakers: CircuitBreakers,
     high_circuit_breakers: CircuitBreakers,
     stats: ClusterStats,
+    outlier: Option<Arc<Detector>>,
     /// ORIGINAL_DST: hosts made on demand, reused so per-host pools work.
     original_dst_hosts: Mutex<HashMap<SocketAddr, Arc<Host>>>,
     dns_task: Mutex<Option<AbortHandle>>,
@@ -66,21 +86,34 @@ impl Drop for Cluster {
 
 impl Cluster {
     /// A cluster with no hosts yet (EDS fills them; STATIC/STRICT_DNS use the inline
-    /// assignment; `previous` hosts are reused when unchanged).
+    /// assignment; `previous` hosts, with their pools and outlier state, are reused when
+    /// unchanged).
     pub fn new(config: ClusterConfig, stats: &Stats, previous: Option<&Cluster>) -> Arc<Cluster> {
         let labels = ClusterLabels {
             envoy_cluster_name: config.stat_name.clone(),
         };
-        let cluster = Arc::new(Cluster {
+        let handles = stats.cluster.handles(&labels);
+        let cluster = Arc::new_cyclic(|weak: &Weak<Cluster>| Cluster {
             circuit_breakers: CircuitBreakers::new(&config.circuit_breakers.default),
             high_circuit_breakers: CircuitBreakers::new(&config.circuit_breakers.high),
-            stats: stats.cluster.handles(&labels),
+            outlier: config
+                .outlier_detection
+                .clone()
+                .map(|o| Detector::new(o, weak.clone(), handles.clone())),
+            stats: handles,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             hosts: ArcSwap::from_pointee(HostSet::default()),
+            membership: Mutex::new(Membership::default()),
             assignment: ArcSwap::from_pointee(None),
             original_dst_hosts: Mutex::new(HashMap::new()),
             dns_task: Mutex::new(None),
             config: Arc::new(config),
         });
+        if let Some(d) = &cluster.outlier
+            && !d.start()
+        {
+            tracing::warn!(cluster = %cluster.config.name, "no runtime: ejected hosts will not return");
+        }
         match &cluster.config.discovery {
             Discovery::Static => {
                 if let Some(la) = cluster.config.load_assignment.clone() {
@@ -96,7 +129,7 @@ impl Cluster {
                     cluster.set_assignment(la, Some(prev));
                 }
             }
-            Discovery::StrictDns { .. } => cluster.start_dns(),
+            Discovery::StrictDns { .. } => cluster.start_dns(previous.is_some()),
             Discovery::OriginalDst { .. } => {}
         }
         cluster
@@ -122,6 +155,11 @@ impl Cluster {
     /// The HIGH-priority circuit breakers (routes with `priority: HIGH`).
     pub fn high_circuit_breakers(&self) -> &CircuitBreakers {
         &self.high_circuit_breakers
+    }
+
+    /// The outlier detector, when the cluster has `outlier_detection`.
+    pub fn outlier_detector(&self) -> Option<&Arc<Detector>> {
+        self.outlier.as_ref()
     }
 
     /// The current hosts and tables.
@@ -168,35 +206,93 @@ impl Cluster {
     /// Applies an endpoint assignment (EDS, or the inline one), reusing unchanged hosts.
     pub fn set_assignment(&self, la: ClusterLoadAssignment, previous: Option<&Cluster>) {
         let mut existing: HashMap<SocketAddr, Arc<Host>> = HashMap::new();
-        for h in self.hosts.load().hosts.iter().chain(
-            previous
-                .map(|p| p.hosts.load().hosts.clone())
-                .unwrap_or_default()
-                .iter(),
-        ) {
+        for h in self.membership.lock().hosts() {
             existing.entry(h.addr).or_insert_with(|| h.clone());
         }
-        let priorities = group_hosts(&la, &existing, |ep| match &ep.address {
-            HostPort::Ip(a) => vec![*a],
-            HostPort::Dns { .. } => Vec::new(),
+        if let Some(p) = previous {
+            for h in p.membership.lock().hosts() {
+                existing.entry(h.addr).or_insert_with(|| h.clone());
+            }
+        }
+        // Hosts that join a cluster that already had endpoints warm up (slow start).
+        let initialized = self.assignment.load().is_some()
+            || previous.is_some_and(|p| p.assignment.load().is_some());
+        let warm = (initialized && self.config.slow_start.is_some()).then(Instant::now);
+        let priorities = group_hosts(
+            &la,
+            &existing,
+            |ep| match &ep.address {
+                HostPort::Ip(a) => vec![*a],
+                HostPort::Dns { .. } => Vec::new(),
+            },
+            warm,
+        );
+        self.install(Membership {
+            priorities,
+            overprovisioning_factor: la.overprovisioning_factor,
+            weighted_priority_health: la.weighted_priority_health,
         });
-        self.install(priorities, la.overprovisioning_factor);
         self.assignment.store(Arc::new(Some(la)));
         self.stats.update_success.inc();
     }
 
-    fn install(&self, priorities: Vec<Vec<LocalityGroup>>, overprovisioning_factor: u32) {
-        let set = HostSet::build(&self.config, priorities, overprovisioning_factor);
+    /// Makes `m` the cluster's membership: hosts report to this cluster's outlier
+    /// detector from now on, and the load-balancing tables are rebuilt.
+    fn install(&self, m: Membership) {
+        let mut current = self.membership.lock();
+        for h in m.hosts() {
+            h.outlier.attach(self.outlier.as_ref(), self.generation);
+        }
+        *current = m;
+        self.publish(&current);
+    }
+
+    /// Rebuilds the tables after a health change (an ejection or a return).
+    pub(crate) fn rebuild(&self) {
+        let current = self.membership.lock();
+        self.publish(&current);
+    }
+
+    fn publish(&self, m: &Membership) {
+        let set =
+            HostSet::build(&self.config, m).with_panic_stat(self.stats.lb_healthy_panic.clone());
         self.stats.membership_total.set(set.hosts.len() as i64);
         self.stats
             .membership_healthy
             .set(set.healthy_count() as i64);
+        self.stats.membership_degraded.set(
+            set.hosts
+                .iter()
+                .filter(|h| h.lb_health() == HealthStatus::Degraded)
+                .count() as i64,
+        );
+        if self.outlier.is_some() {
+            self.stats
+                .outlier_detection_ejections_active
+                .set(set.ejected_count() as i64);
+        }
         self.hosts.store(Arc::new(set));
     }
 
-    /// Opens a TCP connection to `host` with the cluster's connect timeout, counting it
-    /// against `max_connections` until the returned connection is dropped.
+    pub(crate) fn refresh_outlier_gauge(&self) {
+        self.stats
+            .outlier_detection_ejections_active
+            .set(self.hosts.load().ejected_count() as i64);
+    }
+
+    /// Opens a TCP connection to `host` (connect timeout, bind address, keepalive),
+    /// counting it against `max_connections` until the returned connection is dropped,
+    /// and reports the result to the host's outlier detector (a success as
+    /// [`Outcome::ConnectSuccess`]: the HTTP status follows).
     pub async fn connect(&self, host: &Arc<Host>) -> Result<UpstreamConnection, ConnectError> {
+        self.connect_reporting(host, Outcome::ConnectSuccess).await
+    }
+
+    async fn connect_reporting(
+        &self,
+        host: &Arc<Host>,
+        success: Outcome,
+    ) -> Result<UpstreamConnection, ConnectError> {
         let Some(cb) = self.circuit_breakers.try_acquire_connection() else {
             self.stats.upstream_cx_overflow.inc();
             return Err(ConnectError::Overflow {
@@ -205,11 +301,17 @@ impl Cluster {
         };
         self.stats.upstream_cx_total.inc();
         let timeout = self.config.connect_timeout;
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(host.addr)).await {
+        let open = socket::open(
+            host.addr,
+            self.config.upstream_bind.as_ref(),
+            self.config.tcp_keepalive.as_ref(),
+        );
+        let stream = match tokio::time::timeout(timeout, open).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
                 self.stats.upstream_cx_connect_fail.inc();
                 host.record_connect_failure();
+                host.report(Outcome::ConnectFailed);
                 return Err(ConnectError::Io {
                     addr: host.addr,
                     source,
@@ -219,14 +321,14 @@ impl Cluster {
                 self.stats.upstream_cx_connect_fail.inc();
                 self.stats.upstream_cx_connect_timeout.inc();
                 host.record_connect_failure();
+                host.report(Outcome::Timeout);
                 return Err(ConnectError::Timeout {
                     addr: host.addr,
                     timeout,
                 });
             }
         };
-        // Latency over throughput on the proxy hop, as Envoy does.
-        let _ = stream.set_nodelay(true);
+        host.report(success);
         self.stats.upstream_cx_active.inc();
         Ok(UpstreamConnection {
             stream,
@@ -239,7 +341,8 @@ impl Cluster {
         })
     }
 
-    /// Picks a host and connects, trying other hosts on failure up to `attempts` in total.
+    /// Picks a host and connects, trying other hosts on failure up to `attempts` in total
+    /// (tcp_proxy: a success is final for outlier detection, nothing follows it).
     pub async fn connect_any(
         &self,
         ctx: &LbContext<'_>,
@@ -248,17 +351,25 @@ impl Cluster {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last = None;
         for _ in 0..attempts.max(1) {
-            let avoid: Vec<SocketAddr> = ctx.avoid.iter().chain(tried.iter()).copied().collect();
-            let lctx = LbContext {
-                avoid: &avoid,
-                ..*ctx
+            let host = if tried.is_empty() {
+                self.pick(ctx)
+            } else {
+                let avoid: Vec<SocketAddr> =
+                    ctx.avoid.iter().chain(tried.iter()).copied().collect();
+                self.pick(&LbContext {
+                    avoid: &avoid,
+                    ..*ctx
+                })
             };
-            let Some(host) = self.pick(&lctx) else {
+            let Some(host) = host else {
                 return Err(last.unwrap_or(ConnectError::NoHealthyHost {
                     cluster: self.config.name.clone(),
                 }));
             };
-            match self.connect(&host).await {
+            match self
+                .connect_reporting(&host, Outcome::ConnectSuccessFinal)
+                .await
+            {
                 Ok(c) => return Ok(c),
                 Err(e @ ConnectError::Overflow { .. }) => return Err(e),
                 Err(e) => {
@@ -272,7 +383,9 @@ impl Cluster {
         }))
     }
 
-    fn start_dns(self: &Arc<Self>) {
+    /// `reused`: the cluster replaces an earlier version (hosts it resolves are new to
+    /// an initialized cluster and warm up).
+    fn start_dns(self: &Arc<Self>, reused: bool) {
         let Discovery::StrictDns {
             refresh_rate,
             family,
@@ -290,23 +403,32 @@ impl Cluster {
         };
         let weak = Arc::downgrade(self);
         let task = rt.spawn(async move {
+            let mut initialized = reused;
             loop {
-                let resolved = resolve_all(&la, family).await;
+                let resolved = dns::resolve_all(&la, family).await;
                 let Some(cluster) = weak.upgrade() else {
                     return;
                 };
                 let existing: HashMap<SocketAddr, Arc<Host>> = cluster
-                    .hosts
-                    .load()
-                    .hosts
-                    .iter()
+                    .membership
+                    .lock()
+                    .hosts()
                     .map(|h| (h.addr, h.clone()))
                     .collect();
-                let priorities = group_hosts(&la, &existing, |ep| {
-                    resolved.get(&ep.address).cloned().unwrap_or_default()
+                let warm = (initialized && cluster.config.slow_start.is_some()).then(Instant::now);
+                let priorities = group_hosts(
+                    &la,
+                    &existing,
+                    |ep| resolved.get(&ep.address).cloned().unwrap_or_default(),
+                    warm,
+                );
+                cluster.install(Membership {
+                    priorities,
+                    overprovisioning_factor: la.overprovisioning_factor,
+                    weighted_priority_health: la.weighted_priority_health,
                 });
-                cluster.install(priorities, la.overprovisioning_factor);
                 cluster.assignment.store(Arc::new(Some(la.clone())));
+                initialized = true;
                 drop(cluster);
                 tokio::time::sleep(refresh_rate).await;
             }
@@ -315,71 +437,19 @@ impl Cluster {
     }
 }
 
-async fn resolve_all(
-    la: &ClusterLoadAssignment,
-    family: DnsFamily,
-) -> HashMap<HostPort, Vec<SocketAddr>> {
-    let mut out = HashMap::new();
-    for ep in la.localities.iter().flat_map(|l| l.endpoints.iter()) {
-        let addrs = match &ep.address {
-            HostPort::Ip(a) => vec![*a],
-            HostPort::Dns { host, port } => {
-                match tokio::net::lookup_host((host.as_str(), *port)).await {
-                    Ok(it) => {
-                        let all: Vec<SocketAddr> = it.collect();
-                        filter_family(all, family)
-                    }
-                    Err(e) => {
-                        tracing::debug!(%host, error = %e, "dns resolution failed; keeping no hosts for it");
-                        Vec::new()
-                    }
-                }
-            }
-        };
-        out.insert(ep.address.clone(), addrs);
-    }
-    out
-}
-
-fn filter_family(mut all: Vec<SocketAddr>, family: DnsFamily) -> Vec<SocketAddr> {
-    let v4: Vec<_> = all.iter().copied().filter(SocketAddr::is_ipv4).collect();
-    let v6: Vec<_> = all.iter().copied().filter(SocketAddr::is_ipv6).collect();
-    let mut pick = match family {
-        DnsFamily::V4Only => v4,
-        DnsFamily::V6Only => v6,
-        DnsFamily::Auto => {
-            if v6.is_empty() {
-                v4
-            } else {
-                v6
-            }
-        }
-        DnsFamily::V4Preferred => {
-            if v4.is_empty() {
-                v6
-            } else {
-                v4
-            }
-        }
-        DnsFamily::All => std::mem::take(&mut all),
-    };
-    pick.sort();
-    pick.dedup();
-    pick
-}
-
 /// Groups an assignment's endpoints into priorities and localities as hosts, reusing
-/// `existing` hosts whose attributes are unchanged.
+/// `existing` hosts whose attributes are unchanged; new hosts warm up from `warm`.
 fn group_hosts(
     la: &ClusterLoadAssignment,
     existing: &HashMap<SocketAddr, Arc<Host>>,
     addrs_of: impl Fn(&crate::config::endpoint::Endpoint) -> Vec<SocketAddr>,
+    warm: Option<Instant>,
 ) -> Vec<Vec<LocalityGroup>> {
-    let max_priority = la.localities.iter().map(|l| l.priority).max().unwrap_or(0) as usize;
-    let mut priorities: Vec<Vec<LocalityGroup>> = (0..=max_priority).map(|_| Vec::new()).collect();
     if la.localities.is_empty() {
         return Vec::new();
     }
+    let max_priority = la.localities.iter().map(|l| l.priority).max().unwrap_or(0) as usize;
+    let mut priorities: Vec<Vec<LocalityGroup>> = (0..=max_priority).map(|_| Vec::new()).collect();
     for l in &la.localities {
         let locality = Arc::new(l.locality.clone());
         let mut hosts = Vec::with_capacity(l.endpoints.len());
@@ -403,7 +473,10 @@ fn group_hosts(
                         old.set_health(ep.health);
                         old.clone()
                     }
-                    _ => Arc::new(fresh),
+                    _ => Arc::new(match warm {
+                        Some(t) => fresh.warming_from(t),
+                        None => fresh,
+                    }),
                 };
                 hosts.push(host);
             }
@@ -441,5 +514,5 @@ impl Drop for ConnectionGuard {
 
 /// Used by tests and by `/clusters`: health of every host.
 pub fn host_health(set: &HostSet) -> Vec<(SocketAddr, HealthStatus)> {
-    set.hosts.iter().map(|h| (h.addr, h.health())).collect()
+    set.hosts.iter().map(|h| (h.addr, h.lb_health())).collect()
 }

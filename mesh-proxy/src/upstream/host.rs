@@ -1,4 +1,5 @@
-//! One upstream endpoint with its live counters and a per-host slot for the HTTP pool.
+//! One upstream endpoint with its live counters, its outlier-detection monitor and a
+//! per-host slot for the HTTP pool.
 
 use std::{
     any::Any,
@@ -10,11 +11,14 @@ use std::{
     },
 };
 
+use tokio::time::Instant;
+
+use super::outlier::{Monitor, Outcome};
 use crate::config::endpoint::{HealthStatus, Locality};
 
 /// An upstream host. Shared (`Arc`) between the load balancer, connections and pools;
-/// kept across EDS updates when its address and attributes do not change, so pools and
-/// counters survive endpoint churn elsewhere in the cluster.
+/// kept across EDS updates when its address and attributes do not change, so pools,
+/// counters and outlier state survive endpoint churn elsewhere in the cluster.
 pub struct Host {
     pub addr: SocketAddr,
     /// EDS `hostname`, or the DNS name a STRICT_DNS host was resolved from.
@@ -24,12 +28,16 @@ pub struct Host {
     pub priority: u32,
     /// Istio's `tlsMode` endpoint metadata (for transport-socket matching, later).
     pub tls_mode: Option<Arc<str>>,
-    /// EDS health; outlier detection and active health checks (later) write here too.
-    health: AtomicU8,
+    /// When the host joined a cluster that already had endpoints: the start of its slow
+    /// start window (hosts of a cluster's first assignment do not warm up, as in Envoy).
+    pub(crate) warming_since: Option<Instant>,
+    /// EDS health.
+    eds_health: AtomicU8,
     /// Live counters, shared with the guards. Guards never hold the `Host` itself: a
     /// pooled connection's guard lives inside the host's own pool (the `ext` slot), and
     /// a strong reference there would keep host, pool and connection alive forever.
     counters: Arc<Counters>,
+    pub(crate) outlier: Monitor,
     ext: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
@@ -56,6 +64,7 @@ impl fmt::Debug for Host {
             .field("weight", &self.weight)
             .field("priority", &self.priority)
             .field("health", &self.health())
+            .field("ejected", &self.is_ejected())
             .finish_non_exhaustive()
     }
 }
@@ -69,8 +78,10 @@ impl Host {
             weight: 1,
             priority: 0,
             tls_mode: None,
-            health: AtomicU8::new(HEALTHY),
+            warming_since: None,
+            eds_health: AtomicU8::new(HEALTHY),
             counters: Arc::default(),
+            outlier: Monitor::default(),
             ext: OnceLock::new(),
         }
     }
@@ -96,6 +107,13 @@ impl Host {
         h
     }
 
+    /// Marks the host as new to its cluster now: slow start ramps its weight up.
+    #[must_use]
+    pub fn warming_from(mut self, since: Instant) -> Self {
+        self.warming_since = Some(since);
+        self
+    }
+
     /// Whether two hosts describe the same endpoint (then the old `Arc` is kept).
     pub(crate) fn same_attributes(&self, other: &Host) -> bool {
         self.addr == other.addr
@@ -106,8 +124,9 @@ impl Host {
             && self.tls_mode == other.tls_mode
     }
 
+    /// The health EDS gave the host.
     pub fn health(&self) -> HealthStatus {
-        match self.health.load(Ordering::Relaxed) {
+        match self.eds_health.load(Ordering::Relaxed) {
             HEALTHY => HealthStatus::Healthy,
             DEGRADED => HealthStatus::Degraded,
             _ => HealthStatus::Unhealthy,
@@ -120,11 +139,41 @@ impl Host {
             HealthStatus::Degraded => DEGRADED,
             HealthStatus::Unhealthy => UNHEALTHY,
         };
-        self.health.store(v, Ordering::Relaxed);
+        self.eds_health.store(v, Ordering::Relaxed);
+    }
+
+    /// Whether outlier detection has ejected the host (Envoy's `FAILED_OUTLIER_CHECK`).
+    pub fn is_ejected(&self) -> bool {
+        self.outlier.is_ejected()
+    }
+
+    /// The health the load balancer uses: EDS health, unhealthy while ejected.
+    pub fn lb_health(&self) -> HealthStatus {
+        if self.is_ejected() {
+            HealthStatus::Unhealthy
+        } else {
+            self.health()
+        }
     }
 
     pub fn is_healthy(&self) -> bool {
-        self.health.load(Ordering::Relaxed) == HEALTHY
+        self.lb_health() == HealthStatus::Healthy
+    }
+
+    /// Reports the result of a request or connection to this host's outlier detector
+    /// (a no-op when the cluster has no `outlier_detection`). The cluster reports
+    /// connection results itself ([`super::Cluster::connect`]); the HTTP router reports
+    /// each response status (gRPC: the status mapped to HTTP), a reset after connect as
+    /// [`Outcome::ConnectFailed`] and a per-try or route timeout as [`Outcome::Timeout`].
+    // used by http (router)
+    pub fn report(&self, outcome: Outcome) {
+        self.outlier.report(self, outcome);
+    }
+
+    /// Success rates (percent) of the last outlier-detection interval, external and
+    /// local origin; -1 when not computed (too few requests, or no detection).
+    pub fn success_rates(&self) -> [f64; 2] {
+        self.outlier.success_rates()
     }
 
     pub fn active_requests(&self) -> u64 {
@@ -241,5 +290,15 @@ mod tests {
         assert_eq!(*a, 5);
         assert_eq!(*h.ext(|| 7u32).unwrap(), 5);
         assert!(h.ext(|| "other").is_none());
+    }
+
+    #[test]
+    fn reports_without_a_detector_are_ignored() {
+        let h = Host::new("127.0.0.1:1".parse().unwrap());
+        for _ in 0..100 {
+            h.report(Outcome::Status(503));
+        }
+        assert!(!h.is_ejected());
+        assert_eq!(h.lb_health(), HealthStatus::Healthy);
     }
 }

@@ -1,11 +1,15 @@
 //! Upstream clusters: the [`ClusterManager`] holds the live [`Cluster`]s (hosts, load
-//! balancers, circuit breakers, stats); the data path asks it for a cluster by name and
-//! the cluster for a host ([`Cluster::pick`]) or a TCP connection ([`Cluster::connect`]).
+//! balancers, circuit breakers, outlier detection, stats); the data path asks it for a
+//! cluster by name, the cluster for a host ([`Cluster::pick`]) or a TCP connection
+//! ([`Cluster::connect`]), and tells the host how each request went ([`Host::report`]).
 
 pub mod circuit_breaker;
 mod cluster;
+mod dns;
 mod host;
 pub mod lb;
+pub mod outlier;
+mod socket;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -14,7 +18,8 @@ use arc_swap::ArcSwap;
 pub use circuit_breaker::{CircuitBreakers, Guard as CircuitBreakerGuard, ResourceKind};
 pub use cluster::{Cluster, ConnectError, ConnectionGuard, UpstreamConnection, host_health};
 pub use host::{Host, HostConnectionGuard, HostRequestGuard};
-pub use lb::{HostSet, LbContext};
+pub use lb::{HostSet, LbContext, Membership};
+pub use outlier::{Detector, Outcome};
 
 use crate::{
     config::{cluster::Cluster as ClusterConfig, endpoint::ClusterLoadAssignment},

@@ -5,10 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use super::*;
 use crate::config::{
     address::HostPort,
-    cluster::{
-        CircuitBreakerThresholds, Cluster as ClusterConfig, Discovery, DnsFamily, LbPolicy,
-        UpstreamHttpOptions,
-    },
+    cluster::{Cluster as ClusterConfig, Discovery, DnsFamily, LbPolicy},
     endpoint::{ClusterLoadAssignment, Endpoint, HealthStatus, LocalityEndpoints},
 };
 
@@ -20,12 +17,8 @@ fn config(name: &str, discovery: Discovery, lb: LbPolicy, endpoints: &[HostPort]
         discovery,
         connect_timeout: Duration::from_secs(1),
         lb,
-        locality_weighted: false,
-        healthy_panic_threshold: 50.0,
-        circuit_breakers: CircuitBreakerThresholds::default(),
         load_assignment,
-        http: UpstreamHttpOptions::default(),
-        per_connection_buffer_limit_bytes: 1 << 20,
+        ..ClusterConfig::default()
     }
 }
 

@@ -82,8 +82,9 @@ fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub enum Picker {
+    #[default]
     Empty,
     RoundRobin {
         hosts: Vec<Arc<Host>>,
