@@ -8,6 +8,7 @@
 //! runs it, so a bench that rots fails CI instead of the next person who needs figures.
 
 pub mod control;
+pub mod data;
 pub mod micro;
 pub mod report;
 
@@ -28,6 +29,16 @@ pub enum BenchTask {
         #[arg(long)]
         quick: bool,
         /// Passed to the bench (e.g. `-- --proxies 1000 --scoping off --protocol delta`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Data plane: direct vs mesh-proxy, Envoy, nginx and HAProxy sidecar pairs in the local
+    /// cluster (root): latency at 1,000 rps, maximum throughput, CPU and memory.
+    Data {
+        /// One short repetition (about a minute; the CI smoke variant).
+        #[arg(long)]
+        quick: bool,
+        /// Passed to the bench (e.g. `-- --duration 30s --reps 5 --kinds mesh-proxy,envoy`).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -59,6 +70,12 @@ pub fn run(root: &Path, task: BenchTask) -> Result<()> {
             }
             control::run(root, Build::Release, &dir, &args)?
         }
+        BenchTask::Data { quick, mut args } => {
+            if quick {
+                args.insert(0, "--quick".to_string());
+            }
+            data::run(root, Build::Release, &dir, &args)?
+        }
         BenchTask::Micro { quick } => micro::run(root, Build::Release, quick, None)?,
         BenchTask::Smoke => return smoke(root),
     };
@@ -85,6 +102,14 @@ pub fn smoke(root: &Path) -> Result<()> {
     let micro = micro::run(root, Build::Dev, true, Some(&dir.join("criterion")))?;
     micro.check_numbers().context("bench smoke: micro")?;
     report.put(micro);
+    // The data plane needs root (namespaces, iptables); CI runs as root.
+    if crate::is_root() {
+        let data = data::run(root, Build::Dev, &dir, &["--quick".to_string()])?;
+        data.check_numbers().context("bench smoke: data plane")?;
+        report.put(data);
+    } else {
+        eprintln!("==> bench smoke: data plane skipped (needs root)");
+    }
     let md = report.save(&dir)?;
     eprintln!("==> bench smoke passed: {}", md.display());
     Ok(())
