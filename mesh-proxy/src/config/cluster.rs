@@ -379,10 +379,13 @@ fn convert(c: &cpb::Cluster) -> Result<Cluster> {
             Some(la)
         }
         (Discovery::Static | Discovery::StrictDns { .. }, None) => {
-            return Err(ConfigError::field(
-                "load_assignment",
-                "required for STATIC and STRICT_DNS clusters",
-            ));
+            // No endpoints (Istio's BlackHoleCluster): valid, every pick finds no host (UH).
+            Some(ClusterLoadAssignment {
+                cluster_name: c.name.clone(),
+                localities: Vec::new(),
+                overprovisioning_factor: super::endpoint::DEFAULT_OVERPROVISIONING_FACTOR,
+                weighted_priority_health: false,
+            })
         }
         (_, None) => None,
     };

@@ -390,3 +390,10 @@ fn deprecated_cluster_http_options() {
     .unwrap_err();
     assert_eq!(e.field, "typed_extension_protocol_options");
 }
+
+#[test]
+fn istio_blackhole_cluster_has_no_endpoints() {
+    let c = cluster(json!({"name": "BlackHoleCluster", "type": "STATIC", "connectTimeout": "10s"}))
+        .unwrap();
+    assert!(c.load_assignment.unwrap().localities.is_empty());
+}
