@@ -15,6 +15,17 @@ use serde::Serialize;
 
 pub use node::{json_to_struct, struct_to_json};
 
+/// `region/zone/subzone` into its parts (missing parts are empty), as Istio's
+/// `SplitLocalityLabel`.
+pub fn split_locality(locality: &str) -> (&str, &str, &str) {
+    let mut parts = locality.splitn(3, '/');
+    (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    )
+}
+
 /// The role a proxy plays, from the first field of its node id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -60,6 +71,18 @@ pub struct Proxy {
     pub dns_domain: String,
     /// All node metadata as JSON, for debug output and keys the translator reads ad hoc.
     pub metadata: serde_json::Value,
+    /// `region/zone/subzone`: the Envoy node's locality, else (once resolved against the
+    /// registry) its Pod's. Locality load balancing orders endpoints relative to it.
+    pub locality: Option<String>,
+}
+
+/// Istio's topology labels, added to a proxy's labels from its locality and cluster (as
+/// istiod does), so `failoverPriority` and selectors can name them.
+pub mod topology {
+    pub const REGION: &str = "topology.kubernetes.io/region";
+    pub const ZONE: &str = "topology.kubernetes.io/zone";
+    pub const SUBZONE: &str = "topology.istio.io/subzone";
+    pub const CLUSTER: &str = "topology.istio.io/cluster";
 }
 
 /// How traffic reaches the proxy (Istio's `INTERCEPTION_MODE`).
@@ -112,6 +135,7 @@ impl Proxy {
         labels: &BTreeMap<String, String>,
         service_account: Option<&str>,
         ips: &[IpAddr],
+        locality: Option<&str>,
     ) {
         self.labels = labels.clone();
         if let Some(sa) = service_account {
@@ -120,6 +144,27 @@ impl Proxy {
         for ip in ips {
             if !self.ip_addresses.contains(ip) {
                 self.ip_addresses.push(*ip);
+            }
+        }
+        if self.locality.is_none() {
+            self.locality = locality.map(str::to_string);
+        }
+    }
+
+    /// Adds Istio's topology labels (region, zone, subzone from the locality; the cluster
+    /// id) to the proxy's labels, keeping any the workload set itself.
+    pub fn add_topology_labels(&mut self) {
+        let (region, zone, subzone) = split_locality(self.locality.as_deref().unwrap_or(""));
+        for (key, value) in [
+            (topology::REGION, region),
+            (topology::ZONE, zone),
+            (topology::SUBZONE, subzone),
+            (topology::CLUSTER, self.cluster_id.as_str()),
+        ] {
+            if !value.is_empty() {
+                self.labels
+                    .entry(key.to_string())
+                    .or_insert_with(|| value.to_string());
             }
         }
     }
@@ -143,6 +188,7 @@ impl Proxy {
             interception_mode: InterceptionMode::Redirect,
             dns_domain: format!("{namespace}.svc.cluster.local"),
             metadata: serde_json::Value::Object(Default::default()),
+            locality: None,
         }
     }
 }

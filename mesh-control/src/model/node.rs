@@ -108,8 +108,16 @@ pub(super) fn from_node(node: &Node) -> Result<Proxy, ModelError> {
         }
     };
 
+    // Envoy's node locality (what istio-agent puts in the bootstrap), as region/zone/subzone.
+    let locality = node
+        .locality
+        .as_ref()
+        .filter(|l| !(l.region.is_empty() && l.zone.is_empty() && l.sub_zone.is_empty()))
+        .map(|l| format!("{}/{}/{}", l.region, l.zone, l.sub_zone));
+
     Ok(Proxy {
         kind,
+        locality,
         ip_addresses,
         pod_name,
         namespace,
@@ -236,6 +244,21 @@ mod tests {
         assert_eq!(p.interception_mode, InterceptionMode::Tproxy);
         assert_eq!(p.cluster_id, "c1");
         assert_eq!(p.metadata["SERVICE_ACCOUNT"], "bookinfo-reviews");
+    }
+
+    #[test]
+    fn locality_from_the_node() {
+        let mut n = node("sidecar~10.0.0.1~x.default~default.svc.cluster.local", &[]);
+        assert_eq!(Proxy::from_node(&n).expect("valid").locality, None);
+        n.locality = Some(envoy_types::pb::envoy::config::core::v3::Locality {
+            region: "us-east".into(),
+            zone: "us-east-1a".into(),
+            sub_zone: String::new(),
+        });
+        assert_eq!(
+            Proxy::from_node(&n).expect("valid").locality.as_deref(),
+            Some("us-east/us-east-1a/")
+        );
     }
 
     #[test]

@@ -318,11 +318,7 @@ fn pod_workload(pod: &Config<Pod>) -> Option<Workload> {
                 .collect()
         })
         .unwrap_or_default();
-    let locality = pod
-        .meta
-        .labels
-        .get(LOCALITY_LABEL)
-        .map(|l| l.replace('.', "/"));
+    let locality = pod_locality(&pod.meta.labels);
     Some(Workload {
         kind: "Pod",
         name: pod.meta.name.clone(),
@@ -340,4 +336,23 @@ fn pod_workload(pod: &Config<Pod>) -> Option<Workload> {
         ready,
         hostname: None,
     })
+}
+
+/// A Pod's locality as `region/zone/subzone`: Istio's `istio-locality` label
+/// (`region.zone.subzone`) first, else the topology labels Kubernetes puts on the Node
+/// (`topology.kubernetes.io/region|zone`, `topology.istio.io/subzone`), which the local
+/// cluster, having no Node objects, carries on the Pod.
+fn pod_locality(labels: &BTreeMap<String, String>) -> Option<String> {
+    use crate::model::topology;
+    if let Some(l) = labels.get(LOCALITY_LABEL).filter(|l| !l.is_empty()) {
+        return Some(l.replace('.', "/"));
+    }
+    let get = |k: &str| labels.get(k).map(String::as_str).unwrap_or("");
+    let (region, zone, subzone) = (
+        get(topology::REGION),
+        get(topology::ZONE),
+        get(topology::SUBZONE),
+    );
+    (!(region.is_empty() && zone.is_empty() && subzone.is_empty()))
+        .then(|| format!("{region}/{zone}/{subzone}"))
 }

@@ -13,7 +13,8 @@ use mesh_api::naming::{
 };
 
 use super::endpoint;
-use super::policy::{Effective, default_thresholds};
+use super::metadata;
+use super::policy::{ApplyEnv, Effective, default_thresholds};
 use super::util::{ads, duration};
 use super::{Ctx, Named};
 use crate::registry::{Resolution, Service, ServicePort};
@@ -62,16 +63,38 @@ pub fn outbound(ctx: &Ctx<'_>, out: &mut Vec<Named>) {
 fn service_port_clusters(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort, out: &mut Vec<Named>) {
     let dr = ctx.destination_rule(&svc.hostname, Some(&svc.namespace));
     let top = dr.as_ref().and_then(|d| d.spec.traffic_policy.as_ref());
-    let h2_upgrade = ctx.snapshot.mesh().h2_upgrade_policy;
+    let env = ApplyEnv {
+        mesh: ctx.snapshot.mesh(),
+        proxy_locality: ctx.proxy.locality.as_deref().unwrap_or(""),
+        proxy_labels: &ctx.proxy.labels,
+    };
+    // Istio's telemetry metadata: the service the cluster is for.
+    let service_meta = metadata::list(vec![metadata::object(vec![
+        ("host".to_string(), metadata::string(svc.hostname.as_str())),
+        ("name".to_string(), metadata::string(svc.name.as_str())),
+        (
+            "namespace".to_string(),
+            metadata::string(svc.namespace.as_str()),
+        ),
+    ])]);
+    let cluster_metadata = |subset: Option<&str>| {
+        let mut fields = vec![("services".to_string(), service_meta.clone())];
+        if let Some(dr) = &dr {
+            fields.push((
+                "config".to_string(),
+                metadata::string(metadata::config_path(&dr.meta)),
+            ));
+            if let Some(s) = subset {
+                fields.push(("subset".to_string(), metadata::string(s)));
+            }
+        }
+        metadata::istio(fields)
+    };
 
     let name = outbound_name(port.port, "", &svc.hostname);
     let mut c = service_cluster(ctx, svc, port, name.clone(), None);
-    Effective::resolve(top, None, port.port).apply(
-        &mut c,
-        port.protocol,
-        h2_upgrade,
-        &svc.hostname,
-    );
+    Effective::resolve(top, None, port.port).apply(&mut c, port.protocol, &env, &svc.hostname);
+    c.metadata = Some(cluster_metadata(None));
     out.push(named(c));
 
     for subset in dr.iter().flat_map(|d| d.spec.subsets.iter()) {
@@ -80,9 +103,10 @@ fn service_port_clusters(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort, out: 
         Effective::resolve(top, subset.traffic_policy.as_ref(), port.port).apply(
             &mut c,
             port.protocol,
-            h2_upgrade,
+            &env,
             &svc.hostname,
         );
+        c.metadata = Some(cluster_metadata(Some(&subset.name)));
         out.push(named(c));
     }
 }
@@ -111,11 +135,12 @@ fn service_cluster(
             };
             let mut c = base(ctx, name.clone(), kind);
             c.dns_lookup_family = DnsLookupFamily::V4Only as i32;
-            let mut cla: ClusterLoadAssignment = endpoint::load_assignment(
-                name,
+            let groups = endpoint::group(
                 ctx.snapshot.registry().endpoints(svc, port.port),
                 subset_labels,
             );
+            // Locality settings are applied with the rest of the policy (Effective::apply).
+            let mut cla: ClusterLoadAssignment = endpoint::load_assignment(name, &groups, None);
             if kind == DiscoveryType::LogicalDns {
                 // LOGICAL_DNS takes exactly one host.
                 for group in &mut cla.endpoints {
@@ -172,7 +197,7 @@ pub fn inbound(ctx: &Ctx<'_>, ports: &[(u16, Protocol)], out: &mut Vec<Named>) {
     for (port, protocol) in ports {
         let mut c = bound_original_dst(ctx, inbound_name(*port));
         if protocol.is_http2() {
-            Effective::default().apply(&mut c, *protocol, None, "");
+            Effective::default().apply_pool(&mut c, *protocol, None);
         }
         out.push(named(c));
     }

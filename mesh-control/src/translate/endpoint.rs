@@ -1,5 +1,6 @@
 //! ClusterLoadAssignments: the endpoints of every EDS cluster, grouped by locality, filtered
-//! by subset labels for subset clusters (as Istio does, rather than Envoy's subset LB).
+//! by subset labels for subset clusters (as Istio does, rather than Envoy's subset LB), with
+//! locality load balancing applied relative to the proxy ([`super::locality`]).
 
 use std::collections::BTreeMap;
 
@@ -8,19 +9,21 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
     lb_endpoint::HostIdentifier,
 };
+use mesh_api::networking::TrafficPolicy;
 
 use super::cluster::outbound_name;
+use super::locality::{self, LocalityCtx};
+use super::policy::lb_and_outlier;
 use super::util::{socket_address, u32v};
 use super::{Ctx, Named};
 use crate::registry::{Endpoint, Resolution, selects};
 
-/// A load assignment for `cluster` from registry endpoints, keeping only those whose labels
-/// carry every `subset` label.
-pub fn load_assignment(
-    cluster: String,
-    endpoints: &[Endpoint],
+/// The endpoints of a cluster by locality (sorted), keeping only those whose labels carry
+/// every `subset` label.
+pub fn group<'a>(
+    endpoints: &'a [Endpoint],
     subset: Option<&BTreeMap<String, String>>,
-) -> ClusterLoadAssignment {
+) -> Vec<(String, Vec<&'a Endpoint>)> {
     let mut groups: BTreeMap<String, Vec<&Endpoint>> = BTreeMap::new();
     for ep in endpoints {
         if subset.is_some_and(|s| !selects(s, &ep.labels)) {
@@ -31,20 +34,30 @@ pub fn load_assignment(
             .or_default()
             .push(ep);
     }
+    groups.into_iter().collect()
+}
+
+/// A load assignment for `cluster` from grouped registry endpoints, with `locality` load
+/// balancing applied when given.
+pub fn load_assignment(
+    cluster: String,
+    groups: &[(String, Vec<&Endpoint>)],
+    locality: Option<&LocalityCtx<'_>>,
+) -> ClusterLoadAssignment {
     let endpoints = groups
-        .into_iter()
+        .iter()
         .map(|(locality, eps)| {
-            let mut parts = locality.splitn(3, '/');
+            let (region, zone, sub_zone) = crate::model::split_locality(locality);
             let locality = Locality {
-                region: parts.next().unwrap_or_default().to_string(),
-                zone: parts.next().unwrap_or_default().to_string(),
-                sub_zone: parts.next().unwrap_or_default().to_string(),
+                region: region.to_string(),
+                zone: zone.to_string(),
+                sub_zone: sub_zone.to_string(),
             };
             let weight: u32 = eps.iter().map(|e| e.weight.max(1)).sum();
             LocalityLbEndpoints {
                 locality: (locality != Locality::default()).then_some(locality),
                 lb_endpoints: eps
-                    .into_iter()
+                    .iter()
                     .map(|e| LbEndpoint {
                         host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
                             address: Some(socket_address(&e.address, e.port)),
@@ -60,11 +73,37 @@ pub fn load_assignment(
             }
         })
         .collect();
-    ClusterLoadAssignment {
+    let mut cla = ClusterLoadAssignment {
         cluster_name: cluster,
         endpoints,
         ..Default::default()
+    };
+    if let Some(l) = locality {
+        let eps: Vec<Vec<&Endpoint>> = groups.iter().map(|(_, e)| e.clone()).collect();
+        l.apply(&mut cla, Some(&eps));
     }
+    cla
+}
+
+/// The locality context of one cluster (port, maybe subset) for this proxy, when locality
+/// load balancing is in force for it.
+pub fn locality_ctx<'a>(
+    ctx: &'a Ctx<'_>,
+    top: Option<&'a TrafficPolicy>,
+    subset: Option<&'a TrafficPolicy>,
+    port: u16,
+) -> Option<LocalityCtx<'a>> {
+    let (lb, outlier) = lb_and_outlier(top, subset, port);
+    let setting = locality::setting(
+        ctx.snapshot.mesh(),
+        lb.and_then(|l| l.locality_lb_setting.as_ref()),
+    )?;
+    Some(LocalityCtx {
+        proxy_locality: ctx.proxy.locality.as_deref().unwrap_or(""),
+        proxy_labels: &ctx.proxy.labels,
+        setting,
+        enable_failover: outlier,
+    })
 }
 
 /// A load assignment for every EDS cluster of the proxy's scope (empty ones included, so a
@@ -76,21 +115,24 @@ pub fn all(ctx: &Ctx<'_>, out: &mut Vec<Named>) {
             continue;
         }
         let dr = ctx.destination_rule(&svc.hostname, Some(&svc.namespace));
+        let top = dr.as_ref().and_then(|d| d.spec.traffic_policy.as_ref());
         for port in &svc.ports {
             if port.protocol == mesh_api::naming::Protocol::Udp {
                 continue;
             }
             let eps = registry.endpoints(svc, port.port);
+            let groups = group(eps, None);
             out.push(named(load_assignment(
                 outbound_name(port.port, "", &svc.hostname),
-                eps,
-                None,
+                &groups,
+                locality_ctx(ctx, top, None, port.port).as_ref(),
             )));
             for subset in dr.iter().flat_map(|d| d.spec.subsets.iter()) {
+                let groups = group(eps, Some(&subset.labels));
                 out.push(named(load_assignment(
                     outbound_name(port.port, &subset.name, &svc.hostname),
-                    eps,
-                    Some(&subset.labels),
+                    &groups,
+                    locality_ctx(ctx, top, subset.traffic_policy.as_ref(), port.port).as_ref(),
                 )));
             }
         }

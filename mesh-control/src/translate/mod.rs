@@ -12,6 +12,8 @@ mod gateway;
 pub mod hosts;
 pub mod index;
 mod listener;
+mod locality;
+mod metadata;
 mod policy;
 mod route;
 mod scope;
@@ -124,8 +126,14 @@ pub fn resolve_proxy(snapshot: &Snapshot, proxy: &Proxy) -> (Proxy, Option<Arc<W
         .cloned();
     let mut resolved = proxy.clone();
     if let Some(w) = &pod {
-        resolved.merge_registry_pod(&w.labels, w.service_account.as_deref(), &w.ips);
+        resolved.merge_registry_pod(
+            &w.labels,
+            w.service_account.as_deref(),
+            &w.ips,
+            w.locality.as_deref(),
+        );
     }
+    resolved.add_topology_labels();
     (resolved, pod)
 }
 

@@ -16,7 +16,9 @@ use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier,
     query_parameter_matcher::QueryParameterMatchSpecifier,
     redirect_action::{self, RedirectResponseCode},
-    retry_policy::{RetryHostPredicate, retry_host_predicate},
+    retry_policy::{
+        RetryBackOff, RetryHostPredicate, RetryPriority, retry_host_predicate, retry_priority,
+    },
     route::Action,
     route_action::{self, ClusterSpecifier, MaxStreamDuration, RequestMirrorPolicy},
     route_match::PathSpecifier,
@@ -28,6 +30,7 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
     FaultAbort, HttpFault, fault_abort,
 };
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
@@ -41,6 +44,7 @@ use super::Ctx;
 use super::cluster::outbound_name;
 use super::hosts::{alt_hosts, host_matches, with_port};
 use super::index::EffectiveVs;
+use super::metadata;
 use super::util::{
     any, boolv, istio_duration, ordered_map, percent_hundred, percent_to_fraction, u32v, zero,
 };
@@ -147,6 +151,7 @@ fn translate_route(
     let mut out = Route {
         name,
         r#match: Some(route_match(m)),
+        metadata: Some(metadata::config(&vs.meta)),
         ..Default::default()
     };
     if let Some(prefix) = m.and_then(|m| m.stat_prefix.clone()) {
@@ -313,7 +318,11 @@ fn route_action(
             ..Default::default()
         }));
     }
-    action.retry_policy = retry_policy(http.retries.as_ref(), consistent_hash);
+    action.retry_policy = retry_policy(
+        http.retries.as_ref(),
+        rc.ctx.snapshot.mesh().default_http_retry_policy.as_ref(),
+        consistent_hash,
+    );
     action
 }
 
@@ -386,10 +395,19 @@ fn hash_policy(rc: &RouteCtx<'_>, d: &Destination) -> Option<route_action::HashP
     })
 }
 
-/// Istio's retry policy conversion: its default when none is given, none when attempts is
-/// 0, otherwise the default with attempts, retryOn (status codes split out) and per-try
-/// timeout overridden.
-pub fn retry_policy(retries: Option<&HttpRetry>, consistent_hash: bool) -> Option<RetryPolicy> {
+/// Istio's `retry.ConvertPolicy`: the route's policy, else the mesh's
+/// `defaultHttpRetryPolicy`, else Istio's default (2 retries on
+/// `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` with 503,
+/// other hosts preferred, 5 host selection attempts). `attempts: 0` turns retries off.
+/// Otherwise the default is overridden field by field: attempts, `retryOn` (gRPC names pass
+/// through, as Envoy takes them in `retry_on`; numbers become `retriable_status_codes`),
+/// per-try timeout, whether to prefer other hosts, other localities
+/// (`previous_priorities`) and the backoff base interval.
+pub fn retry_policy(
+    retries: Option<&HttpRetry>,
+    mesh_default: Option<&HttpRetry>,
+    consistent_hash: bool,
+) -> Option<RetryPolicy> {
     let mut out = RetryPolicy {
         num_retries: Some(u32v(2)),
         retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
@@ -400,18 +418,15 @@ pub fn retry_policy(retries: Option<&HttpRetry>, consistent_hash: bool) -> Optio
     };
     if !consistent_hash {
         // Prefer hosts not tried yet (not with consistent hashing: the hash picks the host).
-        out.retry_host_predicate = vec![RetryHostPredicate {
-            name: "envoy.retry_host_predicates.previous_hosts".to_string(),
-            config_type: Some(retry_host_predicate::ConfigType::TypedConfig(any(
-                &PreviousHostsPredicate {},
-            ))),
-        }];
+        out.retry_host_predicate = vec![previous_hosts()];
     }
-    let Some(r) = retries else { return Some(out) };
+    let Some(r) = retries.or(mesh_default) else {
+        return Some(out);
+    };
     if r.attempts <= 0 {
         return None;
     }
-    out.num_retries = Some(u32v(r.attempts as u32));
+    out.num_retries = Some(u32v(r.attempts.unsigned_abs()));
     if let Some(on) = r.retry_on.as_ref().filter(|s| !s.is_empty()) {
         let mut codes = Vec::new();
         let mut rest = Vec::new();
@@ -434,7 +449,39 @@ pub fn retry_policy(retries: Option<&HttpRetry>, consistent_hash: bool) -> Optio
     if let Some(t) = istio_duration(&r.per_try_timeout) {
         out.per_try_timeout = Some(t);
     }
+    if let Some(ignore) = r.retry_ignore_previous_hosts {
+        out.retry_host_predicate = if ignore {
+            vec![previous_hosts()]
+        } else {
+            Vec::new()
+        };
+    }
+    if r.retry_remote_localities == Some(true) {
+        out.retry_priority = Some(RetryPriority {
+            name: "envoy.retry_priorities.previous_priorities".to_string(),
+            config_type: Some(retry_priority::ConfigType::TypedConfig(any(
+                &PreviousPrioritiesConfig {
+                    update_frequency: 2,
+                },
+            ))),
+        });
+    }
+    if let Some(b) = istio_duration(&r.backoff) {
+        out.retry_back_off = Some(RetryBackOff {
+            base_interval: Some(b),
+            ..Default::default()
+        });
+    }
     Some(out)
+}
+
+fn previous_hosts() -> RetryHostPredicate {
+    RetryHostPredicate {
+        name: "envoy.retry_host_predicates.previous_hosts".to_string(),
+        config_type: Some(retry_host_predicate::ConfigType::TypedConfig(any(
+            &PreviousHostsPredicate {},
+        ))),
+    }
 }
 
 fn redirect_action(r: &HttpRedirect, port: u16, is_tls: bool) -> Option<Action> {
@@ -759,9 +806,14 @@ fn operation(r: &Route, vs_name: &str, port: u16) -> String {
     format!("{vs_name}:{port}{path}")
 }
 
-/// The route of a service without VirtualService: everything to its cluster, Istio's
+/// The route of a service without VirtualService: everything to its cluster, the mesh's
 /// default retries, no timeout.
-pub fn default_route(cluster: String, host: &str, port: u16) -> Route {
+pub fn default_route(
+    cluster: String,
+    host: &str,
+    port: u16,
+    mesh_retry: Option<&HttpRetry>,
+) -> Route {
     Route {
         name: "default".to_string(),
         r#match: Some(route_match(None)),
@@ -772,7 +824,7 @@ pub fn default_route(cluster: String, host: &str, port: u16) -> Route {
                 grpc_timeout_header_max: Some(zero()),
                 ..Default::default()
             }),
-            retry_policy: retry_policy(None, false),
+            retry_policy: retry_policy(None, mesh_retry, false),
             ..Default::default()
         })),
         decorator: Some(Decorator {
@@ -786,7 +838,12 @@ pub fn default_route(cluster: String, host: &str, port: u16) -> Route {
 /// The default route of a service port, with the consistent-hash policy of its
 /// DestinationRule (Istio's `hashForService`).
 fn default_route_for(rc: &RouteCtx<'_>, svc: &Service, port: u16) -> Route {
-    let mut r = default_route(outbound_name(port, "", &svc.hostname), &svc.hostname, port);
+    let mut r = default_route(
+        outbound_name(port, "", &svc.hostname),
+        &svc.hostname,
+        port,
+        rc.ctx.snapshot.mesh().default_http_retry_policy.as_ref(),
+    );
     let dest = Destination {
         host: svc.hostname.clone(),
         subset: None,
@@ -795,6 +852,8 @@ fn default_route_for(rc: &RouteCtx<'_>, svc: &Service, port: u16) -> Route {
         }),
     };
     if let (Some(hp), Some(Action::Route(a))) = (hash_policy(rc, &dest), r.action.as_mut()) {
+        // Istio builds the default route's retries before the hash, so it keeps the
+        // previous-hosts predicate here (unlike routes of a VirtualService).
         a.hash_policy.push(hp);
     }
     r
