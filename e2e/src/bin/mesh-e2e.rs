@@ -1,5 +1,6 @@
 //! `mesh-e2e`: runs the end-to-end scenarios on the local backend (what `cargo xtask e2e`
-//! runs), each on a fresh local cluster in `$MESH_LOCAL_DIR` (default /run/mesh-local).
+//! runs), each on a fresh local cluster in `$MESH_E2E_DIR` (default /run/mesh-e2e,
+//! namespaces prefixed `e2e-`).
 //! Exits non-zero when any scenario fails. `--envoy` runs them with upstream Envoy as
 //! every proxy, the reference the scenarios' expectations are checked against.
 
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let mut cluster = ClusterConfig::from_env();
+    let mut cluster = ClusterConfig::for_e2e();
     if cli.envoy {
         let envoy = e2e::local::envoy::locate();
         if !envoy.is_file() {
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
         Ok(None) => {}
         Ok(Some(_)) => {
             eprintln!(
-                "mesh-e2e: a local cluster is already up in {} (the demo?): the scenarios need the machine's one host link; run `cargo xtask demo down` first",
+                "mesh-e2e: a cluster of an earlier run is still up in {0} (--keep?): tear it down with `MESH_LOCAL_DIR={0} target/debug/mesh-local down`",
                 cluster.dir.display()
             );
             return ExitCode::from(2);

@@ -39,6 +39,8 @@ use state::{PodState, ServiceState, State};
 
 /// Default cluster directory.
 pub const DEFAULT_DIR: &str = "/run/mesh-local";
+/// Default directory of the end-to-end scenarios' clusters.
+pub const E2E_DIR: &str = "/run/mesh-e2e";
 /// The proxy's UID (excluded from capture).
 pub const PROXY_UID: u32 = 1337;
 /// The apps' UID.
@@ -125,6 +127,18 @@ impl ClusterConfig {
             bins: Binaries::locate(),
         }
     }
+
+    /// The end-to-end scenarios' clusters: `$MESH_E2E_DIR` (default /run/mesh-e2e), prefix
+    /// `e2e`, so that their names never collide with a demo's.
+    pub fn for_e2e() -> Self {
+        ClusterConfig {
+            dir: std::env::var_os("MESH_E2E_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(E2E_DIR)),
+            prefix: "e2e".into(),
+            ..Self::from_env()
+        }
+    }
 }
 
 /// A running local cluster. Dropping a cluster this process created tears it down
@@ -159,6 +173,23 @@ impl LocalCluster {
                 "a local cluster ({} pods) is already up in {} (hint: `cargo xtask demo down` or `mesh-local down`)",
                 old.pods.len(),
                 cfg.dir.display()
+            );
+        }
+        // Names and routes another cluster owns are never recorded as ours, so that a
+        // teardown can never remove them.
+        let node = format!("{}-node", cfg.prefix);
+        if net::netns_exists(&node) {
+            bail!(
+                "network namespace {node} already exists: another local cluster with prefix {:?} is up (its state is not in {}); tear it down first",
+                cfg.prefix,
+                cfg.dir.display()
+            );
+        }
+        if cfg.host_link
+            && let Some(route) = net::host_route(net::POD_CIDR)?
+        {
+            bail!(
+                "another local cluster is linked to this host (route {route:?}); only one can be: tear it down first (`cargo xtask demo down`)"
             );
         }
         for sub in [
@@ -316,6 +347,11 @@ impl LocalCluster {
             (st.prefix.clone(), st.node_netns.clone())
         };
         let netns = format!("{prefix}-{}-{}", spec.namespace, spec.name);
+        if net::netns_exists(&netns) {
+            bail!(
+                "network namespace {netns} already exists: another local cluster with prefix {prefix:?} is up; tear it down first"
+            );
+        }
         let pod = PodState {
             spec: spec.clone(),
             netns: netns.clone(),

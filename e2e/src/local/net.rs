@@ -115,6 +115,13 @@ pub fn create_host_link(node: &str, host_if: &str, node_if: &str) -> Result<()> 
     Ok(())
 }
 
+/// The host's route for `cidr`, if there is one (another cluster's host link).
+pub fn host_route(cidr: &str) -> Result<Option<String>> {
+    let out = run(&["ip", "route", "show", cidr])?;
+    let line = out.trim();
+    Ok((!line.is_empty()).then(|| line.to_string()))
+}
+
 /// Deleting the host end removes the pair and the routes through it.
 pub fn delete_host_link(host_if: &str) -> Result<()> {
     if std::path::Path::new("/sys/class/net")

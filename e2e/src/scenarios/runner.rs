@@ -81,7 +81,7 @@ pub fn run(opts: &Options) -> Vec<Outcome> {
         if let Some(c) = cluster {
             if stop {
                 eprintln!(
-                    "    cluster kept in {} (meshctl --local ..., `cargo xtask demo down` to remove it)",
+                    "    cluster kept: MESH_LOCAL_DIR={0} meshctl --local get pods (or proxy-config ...); remove it with MESH_LOCAL_DIR={0} target/debug/mesh-local down",
                     c.dir().display()
                 );
                 c.keep();
