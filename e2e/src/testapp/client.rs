@@ -393,18 +393,23 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> String {
         src = s.source();
     }
     let t = text.to_lowercase();
+    // Order matters: "connection reset" also contains "connect".
     if t.contains("connection refused")
-        || t.contains("connect") && t.contains("error") && !t.contains("closed")
+        || t.contains("no route to host")
+        || t.contains("network is unreachable")
     {
         "connect".into()
     } else if t.contains("reset")
         || t.contains("closed")
         || t.contains("incomplete")
         || t.contains("eof")
+        || t.contains("broken pipe")
     {
         "reset".into()
     } else if t.contains("timed out") || t.contains("timeout") {
         "timeout".into()
+    } else if t.contains("error trying to connect") || t.contains("connect error") {
+        "connect".into()
     } else {
         format!("other: {text}")
     }
