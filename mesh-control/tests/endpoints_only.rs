@@ -8,10 +8,17 @@
 #[path = "golden/support.rs"]
 mod support;
 
+use std::sync::Arc;
+
 use mesh_control::model::{Proxy, ProxyKind};
-use mesh_control::store::Snapshot;
-use mesh_control::translate::endpoints_only::{endpoints_class, generate_endpoints};
+use mesh_control::monitoring::Metrics;
+use mesh_control::store::{Snapshot, Store};
+use mesh_control::translate::endpoints_only::{
+    endpoints_class, generate_endpoints, generate_endpoints_for,
+};
 use mesh_control::translate::generate;
+use mesh_control::xds::{StoreGenerator, XdsServer, XdsServerConfig, XdsType};
+use tokio_util::sync::CancellationToken;
 
 #[test]
 fn equals_full_generation_on_every_golden_scenario() {
@@ -157,4 +164,156 @@ fn classes_share_exactly_when_endpoints_are_equal() {
     let mut liar = sidecar("cart-1", "shop", "10.250.0.3");
     liar.labels.insert("app".into(), "web".into());
     assert_eq!(endpoints_class(&snapshot, &liar), out[2].0);
+}
+
+#[test]
+fn narrowed_generation_is_the_full_one_filtered() {
+    let mut checked = 0;
+    for scenario in support::scenarios() {
+        let store = scenario.store();
+        let snapshot = store.snapshot();
+        let hosts: Vec<String> = snapshot
+            .registry()
+            .services()
+            .iter()
+            .map(|s| s.hostname.clone())
+            .collect();
+        for spec in &scenario.proxies {
+            let proxy = spec.proxy();
+            let full = generate_endpoints(&snapshot, &proxy);
+            for host in &hosts {
+                let only: std::collections::HashSet<String> = [host.clone()].into();
+                let want: Vec<_> = full
+                    .iter()
+                    .filter(|n| n.name.rsplit('|').next() == Some(host.as_str()))
+                    .cloned()
+                    .collect();
+                assert_eq!(
+                    generate_endpoints_for(&snapshot, &proxy, Some(&only)),
+                    want,
+                    "{}/{} {host}",
+                    scenario.name,
+                    spec.name
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 50, "only {checked} checked");
+}
+
+const SLICE: &str = r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-abc, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 80}]
+endpoints:
+- addresses: ["10.250.0.1"]
+  targetRef: {kind: Pod, name: web-1, namespace: shop}
+- addresses: ["10.250.0.2"]
+  conditions: {ready: READY}
+  targetRef: {kind: Pod, name: web-2, namespace: shop}
+"#;
+
+fn eds_of(res: &mesh_control::xds::resources::ProxyResources) -> Vec<(String, Vec<u8>)> {
+    res.get(XdsType::Endpoint)
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.resource.value.clone()))
+        .collect()
+}
+
+fn named_of(list: Vec<mesh_control::translate::Named>) -> Vec<(String, Vec<u8>)> {
+    list.into_iter()
+        .map(|n| (n.name, n.resource.value))
+        .collect()
+}
+
+/// The server's EDS-only path (incremental when only endpoints changed, whole when services
+/// changed too, shared within a class) gives each proxy exactly what a full generation
+/// gives it.
+#[tokio::test]
+async fn incremental_pushes_equal_full_generation() {
+    let store = Arc::new(Store::new());
+    store.apply_text("mesh.yaml", MESH);
+    store.apply_text("slice.yaml", &SLICE.replace("READY", "true"));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let server = XdsServer::new(
+        Arc::new(StoreGenerator(store.clone())),
+        Arc::new(Metrics::new(&mut registry)),
+        XdsServerConfig::default(),
+        CancellationToken::new(),
+    );
+    let proxies: Vec<Arc<Proxy>> = [
+        sidecar("web-1", "shop", "10.250.0.1"),
+        sidecar("cart-1", "shop", "10.250.0.3"),
+        sidecar("cart-2", "shop", "10.250.0.4"),
+        sidecar("api-1", "other", "10.250.0.5"),
+    ]
+    .into_iter()
+    .map(Arc::new)
+    .collect();
+    let mut held = Vec::new();
+    for p in &proxies {
+        held.push(server.generate(p.clone(), None, false).await);
+    }
+    let check = |held: &[Arc<mesh_control::xds::resources::ProxyResources>], what: &str| {
+        let snapshot = store.snapshot();
+        for (p, res) in proxies.iter().zip(held) {
+            assert_eq!(
+                eds_of(res),
+                named_of(generate(&snapshot, p).endpoints),
+                "{what}: {}",
+                p.pod_name
+            );
+        }
+    };
+    check(&held, "initial");
+
+    // web-2 not ready: an EndpointSlice change, incremental.
+    store.apply_text("slice.yaml", &SLICE.replace("READY", "false"));
+    let before = held.clone();
+    for (i, p) in proxies.iter().enumerate() {
+        held[i] = server
+            .generate(p.clone(), Some(held[i].clone()), true)
+            .await;
+    }
+    check(&held, "endpoint change");
+    // Only the load assignments with web-2 in them changed (web's, web's v2 subset); the
+    // rest are the same allocations, and the two cart replicas share one set.
+    let (old, new) = (
+        before[0].get(XdsType::Endpoint),
+        held[0].get(XdsType::Endpoint),
+    );
+    for (name, v) in new.iter() {
+        let same = Arc::ptr_eq(v, old.get(name).unwrap());
+        let changed = ["outbound|80||web.shop", "outbound|80|v2|web.shop"]
+            .iter()
+            .any(|c| name.starts_with(c));
+        assert_eq!(same, !changed, "{name}");
+    }
+    assert!(held[1].shares(&held[2], XdsType::Endpoint));
+    // api-1 does not see web's v2 subset change... but sees web: its set changed too.
+    assert!(!held[3].shares(&before[3], XdsType::Endpoint));
+
+    // A no-op EDS push changes nothing.
+    let again = server
+        .generate(proxies[0].clone(), Some(held[0].clone()), true)
+        .await;
+    assert!(again.shares(&held[0], XdsType::Endpoint));
+
+    // A service port change is not endpoints-only: the EDS path regenerates everything.
+    store.apply_text(
+        "mesh.yaml",
+        &MESH.replace(
+            "metadata: {name: api, namespace: other}\nspec: {clusterIP: 10.251.0.3, selector: {app: api}, ports: [{name: http, port: 80}]}",
+            "metadata: {name: api, namespace: other}\nspec: {clusterIP: 10.251.0.3, selector: {app: api}, ports: [{name: http, port: 81}]}",
+        ),
+    );
+    for (i, p) in proxies.iter().enumerate() {
+        held[i] = server
+            .generate(p.clone(), Some(held[i].clone()), true)
+            .await;
+    }
+    check(&held, "service change");
 }

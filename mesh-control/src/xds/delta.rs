@@ -16,6 +16,7 @@
 //! NACK the server does not resend the rejected resource until it changes again, which is
 //! the same rule the SotW side follows.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
-use super::resources::{ProxyResources, TypeResources};
+use super::resources::{ProxyResources, TypeResources, Versioned};
 use super::sotw::Handled;
 use super::status::{Now, SyncStatus};
 use super::subscription::Subscription;
@@ -37,6 +38,10 @@ struct TypeState {
     /// What the client has: name -> version.
     known: HashMap<String, Arc<str>>,
     last_nonce: Option<String>,
+    /// The set `known` was last brought in line with (for every selected name), so that a
+    /// push only needs to look at what differs between it and the new set; `None` after a
+    /// request changed the subscription or what the client has.
+    base: Option<Arc<TypeResources>>,
 }
 
 /// The delta protocol state of one stream.
@@ -74,6 +79,7 @@ impl DeltaStream {
             sub: Subscription::initial(),
             known: HashMap::new(),
             last_nonce: None,
+            base: None,
         });
 
         let ack = if req.response_nonce.is_empty() {
@@ -120,6 +126,9 @@ impl DeltaStream {
             &req.resource_names_unsubscribe,
         );
         status.get_mut(ty).subscription = state.sub.describe();
+        if first || change.is_some() {
+            state.base = None;
+        }
 
         let typed = res.get(ty);
         let mut pending = Pending::default();
@@ -189,8 +198,14 @@ impl DeltaStream {
             let Some(state) = self.types.get_mut(&ty) else {
                 continue;
             };
+            let new = res.get_arc(ty);
             let mut pending = Pending::default();
-            diff(state, res.get(ty), &mut pending);
+            match &state.base {
+                Some(base) if Arc::ptr_eq(base, new) => continue,
+                Some(base) => diff_sets(state, base, new, &mut pending),
+                None => diff(state, new, &mut pending),
+            }
+            state.base = Some(new.clone());
             if pending.send.is_empty() && pending.remove.is_empty() {
                 continue;
             }
@@ -230,7 +245,9 @@ impl DeltaStream {
             state.known.remove(name);
         }
         state.last_nonce = Some(nonce.clone());
-        let version = typed.version_for(&state.sub);
+        // Informational in delta: the version of the type's whole set (cheap, and it changes
+        // whenever anything the client could have changes).
+        let version = typed.version().to_string();
         status.get_mut(ty).record_sent(
             version.clone(),
             nonce.clone(),
@@ -287,6 +304,50 @@ fn diff(state: &TypeState, typed: &TypeResources, pending: &mut Pending) {
     for name in state.known.keys() {
         if typed.get(name).is_none() && state.sub.selects(name) {
             pending.remove.insert(name.clone());
+        }
+    }
+}
+
+/// [`diff`] for a client in line with `base`: only names whose resource differs between
+/// `base` and `new` can need sending or removing. Both sets are sorted by name: one walk.
+fn diff_sets(state: &TypeState, base: &TypeResources, new: &TypeResources, pending: &mut Pending) {
+    let lacks = |name: &Arc<str>, v: &Versioned| {
+        state.sub.selects(name) && state.known.get(&**name) != Some(&v.version)
+    };
+    let gone = |name: &Arc<str>| state.sub.selects(name) && state.known.contains_key(&**name);
+    let (mut a, mut b) = (base.iter().peekable(), new.iter().peekable());
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((na, _)), Some((nb, _))) if Arc::ptr_eq(na, nb) => Ordering::Equal,
+            (Some((na, _)), Some((nb, _))) => na.cmp(nb),
+        };
+        match order {
+            Ordering::Equal => {
+                if let (Some((_, va)), Some((nb, vb))) = (a.next(), b.next())
+                    && !Arc::ptr_eq(va, vb)
+                    && va.version != vb.version
+                    && lacks(nb, vb)
+                {
+                    pending.send.insert(nb.to_string());
+                }
+            }
+            Ordering::Less => {
+                if let Some((na, _)) = a.next()
+                    && gone(na)
+                {
+                    pending.remove.insert(na.to_string());
+                }
+            }
+            Ordering::Greater => {
+                if let Some((nb, vb)) = b.next()
+                    && lacks(nb, vb)
+                {
+                    pending.send.insert(nb.to_string());
+                }
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ pub mod types;
 use std::sync::Arc;
 
 use crate::model::Proxy;
-use crate::store::Store;
+use crate::store::{Snapshot, Store};
 use crate::translate::{self, Generated, Named};
 
 pub use connection::{ConnId, Connection, Protocol, Registry};
@@ -52,6 +52,12 @@ pub enum AckKind {
 pub trait Generator: Send + Sync + 'static {
     fn generate(&self, proxy: &Proxy) -> Generated;
 
+    /// A full generation and the config it was made from, which the server keeps with the
+    /// proxy's resources and hands back to [`Generator::endpoints_delta`]. Default: no token.
+    fn generate_with_token(&self, proxy: &Proxy) -> (Generated, Option<ConfigToken>) {
+        (self.generate(proxy), None)
+    }
+
     /// Only the endpoints (an EDS-only push). The default generates everything and keeps the
     /// endpoints, which is correct but not cheaper.
     fn generate_endpoints(&self, proxy: &Proxy) -> Vec<Named> {
@@ -63,7 +69,21 @@ pub trait Generator: Send + Sync + 'static {
     fn shared_endpoints<'a>(&'a self, _proxy: &'a Proxy) -> Option<SharedEndpoints<'a>> {
         None
     }
+
+    /// An incremental endpoints update for a proxy whose resources were generated from
+    /// `from`: the load assignments that changed since, to replace in what it has. `None`
+    /// (the default, or when more than endpoints changed): regenerate all its endpoints.
+    fn endpoints_delta<'a>(
+        &'a self,
+        _proxy: &'a Proxy,
+        _from: &ConfigToken,
+    ) -> Option<EndpointsDelta<'a>> {
+        None
+    }
 }
+
+/// The config a generation was made from, opaque to the server.
+pub type ConfigToken = Arc<dyn std::any::Any + Send + Sync>;
 
 /// Endpoints shared by a class of proxies (see [`Generator::shared_endpoints`]).
 pub struct SharedEndpoints<'a> {
@@ -71,8 +91,27 @@ pub struct SharedEndpoints<'a> {
     pub version: u64,
     /// Proxies with the same class and version get the same endpoints.
     pub class: String,
+    pub token: Option<ConfigToken>,
     /// Generates them (from that version).
     pub generate: Box<dyn FnOnce() -> Vec<Named> + 'a>,
+}
+
+/// Changed load assignments (see [`Generator::endpoints_delta`]): proxies with the same
+/// class and the same pair of versions get the same ones.
+pub struct EndpointsDelta<'a> {
+    pub from: u64,
+    pub to: u64,
+    pub class: String,
+    pub token: ConfigToken,
+    pub generate: Box<dyn FnOnce() -> EndpointsChange + 'a>,
+}
+
+/// What an incremental endpoints update found.
+pub enum EndpointsChange {
+    /// Load assignments to replace in the proxy's set (none when nothing it sees changed).
+    Replace(Vec<Named>),
+    /// More than endpoints changed: the proxy's whole new set.
+    All(Vec<Named>),
 }
 
 /// The production generator: [`translate::generate`] over the store's current snapshot.
@@ -84,6 +123,12 @@ impl Generator for StoreGenerator {
         translate::generate(&self.0.snapshot(), proxy)
     }
 
+    fn generate_with_token(&self, proxy: &Proxy) -> (Generated, Option<ConfigToken>) {
+        let snapshot = self.0.snapshot();
+        let generated = translate::generate(&snapshot, proxy);
+        (generated, Some(snapshot))
+    }
+
     fn generate_endpoints(&self, proxy: &Proxy) -> Vec<Named> {
         translate::endpoints_only::generate_endpoints(&self.0.snapshot(), proxy)
     }
@@ -93,8 +138,40 @@ impl Generator for StoreGenerator {
         Some(SharedEndpoints {
             version: snapshot.version(),
             class: translate::endpoints_only::endpoints_class(&snapshot, proxy),
+            token: Some(snapshot.clone()),
             generate: Box::new(move || {
                 translate::endpoints_only::generate_endpoints(&snapshot, proxy)
+            }),
+        })
+    }
+
+    fn endpoints_delta<'a>(
+        &'a self,
+        proxy: &'a Proxy,
+        from: &ConfigToken,
+    ) -> Option<EndpointsDelta<'a>> {
+        let old = from.clone().downcast::<Snapshot>().ok()?;
+        let new = self.0.snapshot();
+        Some(EndpointsDelta {
+            from: old.version(),
+            to: new.version(),
+            class: translate::endpoints_only::endpoints_class(&new, proxy),
+            token: new.clone(),
+            generate: Box::new(move || {
+                match translate::endpoints_only::changed_endpoint_hosts(&old, &new) {
+                    Some(hosts) if hosts.is_empty() => EndpointsChange::Replace(Vec::new()),
+                    Some(hosts) => {
+                        EndpointsChange::Replace(translate::endpoints_only::generate_endpoints_for(
+                            &new,
+                            proxy,
+                            Some(&hosts),
+                        ))
+                    }
+                    // Services changed too (a full push follows).
+                    None => EndpointsChange::All(translate::endpoints_only::generate_endpoints(
+                        &new, proxy,
+                    )),
+                }
             }),
         })
     }

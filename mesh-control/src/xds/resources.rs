@@ -19,6 +19,7 @@ use envoy_types::pb::google::protobuf::Any;
 use parking_lot::Mutex;
 use xxhash_rust::xxh64::{Xxh64, xxh64};
 
+use super::ConfigToken;
 use super::subscription::Subscription;
 use super::types::XdsType;
 use crate::translate::{Generated, Named};
@@ -102,10 +103,20 @@ impl Clone for TypeResources {
     }
 }
 
-/// Everything generated for one proxy, by type.
-#[derive(Debug, Clone, Default)]
+/// Everything generated for one proxy, by type, and the config it was generated from.
+#[derive(Clone, Default)]
 pub struct ProxyResources {
     types: [Arc<TypeResources>; XdsType::COUNT],
+    token: Option<ConfigToken>,
+}
+
+impl std::fmt::Debug for ProxyResources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyResources")
+            .field("types", &self.types)
+            .field("token", &self.token.is_some())
+            .finish()
+    }
 }
 
 impl ProxyResources {
@@ -120,7 +131,21 @@ impl ProxyResources {
     pub fn with_endpoint_set(&self, endpoints: Arc<TypeResources>) -> ProxyResources {
         let mut types = self.types.clone();
         types[XdsType::Endpoint.index()] = endpoints;
-        ProxyResources { types }
+        ProxyResources {
+            types,
+            token: self.token.clone(),
+        }
+    }
+
+    /// Records the config these resources were generated from.
+    pub fn with_token(mut self, token: Option<ConfigToken>) -> ProxyResources {
+        self.token = token;
+        self
+    }
+
+    /// The config these resources were generated from, when the generator said.
+    pub fn token(&self) -> Option<&ConfigToken> {
+        self.token.as_ref()
     }
 
     /// [`Self::with_endpoint_set`] from a generation, without sharing (tests).
@@ -256,6 +281,41 @@ impl Interner {
                 items.insert(v.name.clone(), v);
             }
         }
+        (self.intern_set(ty, items), problems)
+    }
+
+    /// Interns resources of `ty` without making a set (for replacing some of a set's).
+    pub fn versioned(&self, ty: XdsType, named: Vec<Named>) -> Vec<Arc<Versioned>> {
+        let (set, _) = self.type_resources(ty, named);
+        set.items.values().cloned().collect()
+    }
+
+    /// `set` with `changed` put in (by name): the shared set with those contents.
+    pub fn replace(
+        &self,
+        ty: XdsType,
+        set: &Arc<TypeResources>,
+        changed: &[Arc<Versioned>],
+    ) -> Arc<TypeResources> {
+        if changed.iter().all(|v| {
+            set.items
+                .get(&v.name)
+                .is_some_and(|old| Arc::ptr_eq(old, v))
+        }) {
+            return set.clone();
+        }
+        let mut items = set.items.clone();
+        for v in changed {
+            items.insert(v.name.clone(), v.clone());
+        }
+        self.intern_set(ty, items)
+    }
+
+    fn intern_set(
+        &self,
+        ty: XdsType,
+        items: BTreeMap<Arc<str>, Arc<Versioned>>,
+    ) -> Arc<TypeResources> {
         let version = set_version(items.values().map(|v| &**v));
         let key = (ty, u64::from_str_radix(&version, 16).unwrap_or_default());
         let mut sets = self.sets.lock();
@@ -266,11 +326,10 @@ impl Interner {
                     .zip(items.values())
                     .all(|(a, b)| Arc::ptr_eq(a, b))
         };
-        let set = match sets.get(key, same) {
+        match sets.get(key, same) {
             Some(set) => set,
             None => sets.insert(key, TypeResources { items, version }),
-        };
-        (set, problems)
+        }
     }
 
     /// Indexes a full generation.
@@ -295,7 +354,7 @@ impl Interner {
             index(XdsType::Route, routes),
             index(XdsType::Secret, secrets),
         ];
-        (ProxyResources { types }, problems)
+        (ProxyResources { types, token: None }, problems)
     }
 
     /// Live shared resources and sets (for metrics and tests).
@@ -402,6 +461,40 @@ mod tests {
             full.get(XdsType::Endpoint).get("c").unwrap().version,
             eds.get(XdsType::Endpoint).get("c").unwrap().version
         );
+    }
+
+    #[test]
+    fn replacing_some_resources_shares_the_rest() {
+        let interner = Interner::default();
+        let (set, _) = interner.type_resources(
+            XdsType::Endpoint,
+            vec![
+                named(XdsType::Endpoint, "a", "1"),
+                named(XdsType::Endpoint, "b", "1"),
+            ],
+        );
+        // Replacing with the same content is the same set.
+        let same = interner.versioned(XdsType::Endpoint, vec![named(XdsType::Endpoint, "b", "1")]);
+        assert!(Arc::ptr_eq(
+            &interner.replace(XdsType::Endpoint, &set, &same),
+            &set
+        ));
+        let changed =
+            interner.versioned(XdsType::Endpoint, vec![named(XdsType::Endpoint, "b", "2")]);
+        let next = interner.replace(XdsType::Endpoint, &set, &changed);
+        assert_eq!(next.len(), 2);
+        assert!(Arc::ptr_eq(next.get("a").unwrap(), set.get("a").unwrap()));
+        assert_eq!(next.get("b").unwrap().resource.value, b"2");
+        assert_ne!(next.version(), set.version());
+        // The same as generating the whole new set.
+        let (whole, _) = interner.type_resources(
+            XdsType::Endpoint,
+            vec![
+                named(XdsType::Endpoint, "a", "1"),
+                named(XdsType::Endpoint, "b", "2"),
+            ],
+        );
+        assert!(Arc::ptr_eq(&whole, &next));
     }
 
     #[test]

@@ -29,11 +29,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::connection::{Connection, Protocol, PushCommand};
 use super::delta::DeltaStream;
-use super::resources::{Interner, ProxyResources, TypeResources};
+use super::resources::{Interner, ProxyResources, TypeResources, Versioned};
 use super::sotw::{Handled, SotwStream};
 use super::status::{Now, SyncStatus};
 use super::types::{TypeSet, XdsType};
-use super::{AckKind, Generator, Registry, XdsError};
+use super::{AckKind, EndpointsChange, Generator, Registry, XdsError};
 use crate::model::Proxy;
 use crate::monitoring::metrics::{Metrics, TypeLabel};
 
@@ -68,6 +68,7 @@ pub struct XdsServer {
     cpu: Arc<Semaphore>,
     interner: Arc<Interner>,
     shared_endpoints: Arc<Mutex<EndpointsMemo>>,
+    endpoint_deltas: Arc<Mutex<DeltaMemo>>,
     shutdown: CancellationToken,
 }
 
@@ -78,6 +79,34 @@ pub struct XdsServer {
 struct EndpointsMemo {
     version: u64,
     classes: HashMap<String, Arc<OnceLock<Arc<TypeResources>>>>,
+}
+
+/// Changed load assignments by proxy class for the current pair of config versions (see
+/// [`Generator::endpoints_delta`]).
+#[derive(Default)]
+struct DeltaMemo {
+    versions: (u64, u64),
+    classes: HashMap<String, Arc<OnceLock<SharedChange>>>,
+}
+
+/// An [`EndpointsChange`], interned.
+#[derive(Debug)]
+enum SharedChange {
+    Replace(Vec<Arc<Versioned>>),
+    All(Arc<TypeResources>),
+}
+
+impl DeltaMemo {
+    fn cell(&mut self, versions: (u64, u64), class: String) -> Arc<OnceLock<SharedChange>> {
+        if versions != self.versions {
+            if versions.1 < self.versions.1 {
+                return Arc::default();
+            }
+            self.versions = versions;
+            self.classes.clear();
+        }
+        self.classes.entry(class).or_default().clone()
+    }
 }
 
 impl EndpointsMemo {
@@ -118,6 +147,7 @@ impl XdsServer {
             cpu: Arc::new(Semaphore::new(config.generate_concurrency.max(1))),
             interner: Arc::default(),
             shared_endpoints: Arc::default(),
+            endpoint_deltas: Arc::default(),
             shutdown,
         })
     }
@@ -179,17 +209,20 @@ impl XdsServer {
     ) -> Arc<ProxyResources> {
         let generator = self.generator.clone();
         let interner = self.interner.clone();
-        let memo = self.shared_endpoints.clone();
+        let memos = (self.shared_endpoints.clone(), self.endpoint_deltas.clone());
         let prev = previous.clone();
         let id = proxy.id.clone();
         let _cpu = self.cpu.acquire().await;
         let joined = tokio::task::spawn_blocking(move || {
             let (res, problems) = match (endpoints_only, prev) {
                 (true, Some(prev)) => {
-                    let (eds, problems) = endpoints_for(&*generator, &interner, &memo, &proxy);
-                    (prev.with_endpoint_set(eds), problems)
+                    endpoints_update(&*generator, &interner, &memos, &proxy, &prev)
                 }
-                _ => interner.proxy_resources(generator.generate(&proxy)),
+                _ => {
+                    let (generated, token) = generator.generate_with_token(&proxy);
+                    let (res, problems) = interner.proxy_resources(generated);
+                    (res.with_token(token), problems)
+                }
             };
             for problem in problems {
                 warn!(proxy = %proxy.id, "generated config: {problem}");
@@ -363,25 +396,59 @@ impl XdsServer {
     }
 }
 
-/// A proxy's endpoint set for an EDS-only push: shared with its class when the generator
-/// supports it, else generated for it alone.
-fn endpoints_for(
+/// A proxy's resources after an EDS-only push: its previous ones with the load assignments
+/// that changed replaced (incremental, when the generator can tell what changed since the
+/// proxy's config), else with all its endpoints regenerated; either way computed once per
+/// class of proxies that get the same, and shared.
+fn endpoints_update(
     generator: &dyn Generator,
     interner: &Interner,
-    memo: &Mutex<EndpointsMemo>,
+    (shared_memo, delta_memo): &(Arc<Mutex<EndpointsMemo>>, Arc<Mutex<DeltaMemo>>),
     proxy: &Proxy,
-) -> (Arc<TypeResources>, Vec<String>) {
-    let Some(shared) = generator.shared_endpoints(proxy) else {
-        return interner.type_resources(XdsType::Endpoint, generator.generate_endpoints(proxy));
-    };
-    let cell = memo.lock().cell(shared.version, shared.class);
+    prev: &ProxyResources,
+) -> (ProxyResources, Vec<String>) {
     let mut problems = Vec::new();
+    if let Some(delta) = prev
+        .token()
+        .and_then(|from| generator.endpoints_delta(proxy, from))
+    {
+        let cell = delta_memo.lock().cell((delta.from, delta.to), delta.class);
+        let change = cell.get_or_init(|| match (delta.generate)() {
+            EndpointsChange::Replace(named) => {
+                SharedChange::Replace(interner.versioned(XdsType::Endpoint, named))
+            }
+            EndpointsChange::All(named) => {
+                let (set, p) = interner.type_resources(XdsType::Endpoint, named);
+                problems = p;
+                SharedChange::All(set)
+            }
+        });
+        let set = match change {
+            SharedChange::Replace(changed) => {
+                interner.replace(XdsType::Endpoint, prev.get_arc(XdsType::Endpoint), changed)
+            }
+            SharedChange::All(set) => set.clone(),
+        };
+        return (
+            prev.with_endpoint_set(set).with_token(Some(delta.token)),
+            problems,
+        );
+    }
+    let Some(shared) = generator.shared_endpoints(proxy) else {
+        let (set, problems) =
+            interner.type_resources(XdsType::Endpoint, generator.generate_endpoints(proxy));
+        return (prev.with_endpoint_set(set), problems);
+    };
+    let cell = shared_memo.lock().cell(shared.version, shared.class);
     let set = cell.get_or_init(|| {
         let (set, p) = interner.type_resources(XdsType::Endpoint, (shared.generate)());
         problems = p;
         set
     });
-    (set.clone(), problems)
+    (
+        prev.with_endpoint_set(set.clone()).with_token(shared.token),
+        problems,
+    )
 }
 
 /// Deregisters a connection however its task ends.

@@ -14,6 +14,7 @@
 //!   and as istiod does for incremental EDS (one changed service is one load assignment,
 //!   not the thousands a proxy holds). Answers to requests carry everything selected.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -32,10 +33,12 @@ use super::{AckKind, CONTROL_PLANE_ID};
 struct TypeState {
     sub: Subscription,
     last_nonce: Option<String>,
-    /// The `version_info` of the last response: a push with the same version is not sent.
-    sent_version: Option<String>,
-    /// The set the last response was built from: what a partial push is computed against.
+    /// The set the last response was built from: a push sends only if what the client
+    /// selects differs from it (and, for routes and endpoints, only what differs).
     sent_set: Option<Arc<TypeResources>>,
+    /// Counts subscription changes: part of `version_info`, so that a response to a new
+    /// selection never repeats the version of the previous one.
+    sub_epoch: u64,
 }
 
 /// What a request did.
@@ -79,13 +82,14 @@ impl SotwStream {
         let state = self.types.entry(ty).or_insert_with(|| TypeState {
             sub: Subscription::initial(),
             last_nonce: None,
-            sent_version: None,
             sent_set: None,
+            sub_epoch: 0,
         });
 
         let (ack, respond) = if req.response_nonce.is_empty() {
             // Opening (or reopening after a reconnect) the type: always answer.
             state.sub.apply_sotw(ty, &req.resource_names);
+            state.sub_epoch += 1;
             (
                 AckKind::Initial,
                 !state.sub.is_empty() || ty.supports_wildcard(),
@@ -117,6 +121,9 @@ impl SotwStream {
                 }
             };
             let change = state.sub.apply_sotw(ty, &req.resource_names);
+            if change.is_some() {
+                state.sub_epoch += 1;
+            }
             let respond = change.is_some_and(|c| c.became_wildcard || !c.added.is_empty());
             (ack, respond)
         };
@@ -150,35 +157,39 @@ impl SotwStream {
             if state.sub.is_empty() {
                 continue;
             }
-            let version = res.get(ty).version_for(&state.sub);
-            if state.sent_version.as_deref() == Some(version.as_str()) {
-                continue;
-            }
+            let new = res.get_arc(ty);
             let changed = match &state.sent_set {
-                Some(sent) if !ty.supports_wildcard() => {
-                    let typed = res.get(ty);
-                    let changed: Vec<_> = typed
-                        .selected(&state.sub)
-                        .filter(|(name, v)| {
-                            sent.get(name)
-                                .is_none_or(|s| !Arc::ptr_eq(s, v) && s.version != v.version)
-                        })
-                        .map(|(_, v)| v.resource.clone())
+                Some(sent) if Arc::ptr_eq(sent, new) => continue,
+                Some(sent) => changed_selected(&state.sub, sent, new),
+                None => None,
+            };
+            let partial = match changed {
+                // Nothing the client selects changed.
+                Some(changed) if changed.is_empty() => {
+                    if let Some(state) = self.types.get_mut(&ty) {
+                        state.sent_set = Some(new.clone());
+                    }
+                    continue;
+                }
+                Some(changed) if !ty.supports_wildcard() => {
+                    let resources: Vec<Any> = changed
+                        .iter()
+                        .filter_map(|name| new.get(name))
+                        .map(|v| v.resource.clone())
                         .collect();
-                    Some(changed)
+                    if resources.is_empty() {
+                        // Only removals, which SotW cannot express for these types (the client
+                        // drops them when their cluster or listener goes): nothing to send.
+                        if let Some(state) = self.types.get_mut(&ty) {
+                            state.sent_set = Some(new.clone());
+                        }
+                        continue;
+                    }
+                    Some(resources)
                 }
                 _ => None,
             };
-            if changed.as_ref().is_some_and(Vec::is_empty) {
-                // Only removals, which SotW cannot express for these types (the client drops
-                // them when their cluster or listener goes): nothing to send.
-                if let Some(state) = self.types.get_mut(&ty) {
-                    state.sent_version = Some(version);
-                    state.sent_set = Some(res.get_arc(ty).clone());
-                }
-                continue;
-            }
-            out.push((ty, self.respond(ty, res, status, now, changed)));
+            out.push((ty, self.respond(ty, res, status, now, partial)));
         }
         out
     }
@@ -198,7 +209,9 @@ impl SotwStream {
             // Unreachable: callers respond only for opened types.
             return DiscoveryResponse::default();
         };
-        let version = typed.version_for(&state.sub);
+        // The version of the type's whole set and of the selection: it changes whenever
+        // anything the client selects changes, and costs nothing to compute.
+        let version = format!("{}-{}", typed.version(), state.sub_epoch);
         let resources: Vec<_> = partial.unwrap_or_else(|| {
             typed
                 .selected(&state.sub)
@@ -206,7 +219,6 @@ impl SotwStream {
                 .collect()
         });
         state.last_nonce = Some(nonce.clone());
-        state.sent_version = Some(version.clone());
         state.sent_set = Some(res.get_arc(ty).clone());
         status
             .get_mut(ty)
@@ -250,6 +262,42 @@ impl SotwStream {
     pub fn subscription(&self, ty: XdsType) -> Option<&Subscription> {
         self.types.get(&ty).map(|s| &s.sub)
     }
+}
+
+/// The names `sub` selects whose resource differs between `sent` and `new` (changed, added
+/// or removed). Both sets are sorted by name: one walk.
+fn changed_selected(
+    sub: &Subscription,
+    sent: &TypeResources,
+    new: &TypeResources,
+) -> Option<Vec<Arc<str>>> {
+    let mut out = Vec::new();
+    let (mut a, mut b) = (sent.iter().peekable(), new.iter().peekable());
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((na, _)), Some((nb, _))) if Arc::ptr_eq(na, nb) => Ordering::Equal,
+            (Some((na, _)), Some((nb, _))) => na.cmp(nb),
+        };
+        let differs = match order {
+            Ordering::Equal => match (a.next(), b.next()) {
+                (Some((_, va)), Some((nb, vb))) => {
+                    (!Arc::ptr_eq(va, vb) && va.version != vb.version).then_some(nb)
+                }
+                _ => None,
+            },
+            Ordering::Less => a.next().map(|(n, _)| n),
+            Ordering::Greater => b.next().map(|(n, _)| n),
+        };
+        if let Some(name) = differs
+            && sub.selects(name)
+        {
+            out.push(name.clone());
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
