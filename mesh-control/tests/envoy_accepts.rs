@@ -2,7 +2,11 @@
 //! (the store, the translator and the ADS server of this crate) to a real Envoy 1.40
 //! bootstrapped as each of the scenario's proxies. Envoy must ACK everything: its
 //! `/config_dump` holds exactly the generated listeners, clusters, route configurations and
-//! endpoint assignments, and every `*.update_rejected` counter stays 0.
+//! endpoint assignments, each listener, cluster and route configuration field for field as
+//! generated, and every `*.update_rejected` counter stays 0. The scenarios cover every
+//! resilience setting (connection pools, outlier detection, load balancers, locality
+//! failover and weights, retries, timeouts, faults, mirrors, CORS, EnvoyFilter local rate
+//! limits).
 //!
 //! Envoy runs in its own network namespace (`unshare --net`), so the listeners it binds
 //! (15001, 15006, gateway ports) touch nothing on the host; it reaches the control plane
@@ -97,7 +101,7 @@ async fn admin_get(sock: &Path, path: &str) -> Option<String> {
 
 fn bootstrap(spec: &support::ProxySpec, xds_sock: &Path, admin_sock: &Path) -> Value {
     json!({
-        "node": {"id": spec.id, "cluster": spec.name, "metadata": spec.metadata},
+        "node": spec.node_json(),
         "admin": {"address": {"pipe": {"path": admin_sock}}},
         "dynamic_resources": {
             "ads_config": {
@@ -191,6 +195,90 @@ fn held(dump: &Value) -> Held {
         }
     }
     h
+}
+
+/// Envoy dumps each resource as it received it: every cluster, route configuration and
+/// listener it holds must be the one generated, field for field (so nothing was dropped or
+/// reinterpreted on the way, e.g. the typed configs EnvoyFilter patches carry).
+fn same_content(dump: &Value, g: &mesh_control::translate::Generated) -> Result<(), String> {
+    use mesh_api::envoy_json::{FieldNames, any_to_json_with};
+    let ours =
+        |list: &[mesh_control::translate::Named]| -> std::collections::BTreeMap<String, Value> {
+            list.iter()
+                .map(|n| {
+                    let mut v = any_to_json_with(&n.resource, FieldNames::Proto).unwrap();
+                    v.as_object_mut().unwrap().remove("@type");
+                    (n.name.clone(), numbers_as_f64(support::sort_keys(v)))
+                })
+                .collect()
+        };
+    let (clusters, routes, listeners) = (ours(&g.clusters), ours(&g.routes), ours(&g.listeners));
+    let mut diffs = Vec::new();
+    let mut check = |kind: &str, held: &Value, want: &std::collections::BTreeMap<String, Value>| {
+        let mut held = held.clone();
+        if let Some(o) = held.as_object_mut() {
+            o.remove("@type");
+        }
+        let held = numbers_as_f64(support::sort_keys(held));
+        let name = held["name"].as_str().unwrap_or_default().to_string();
+        match want.get(&name) {
+            Some(w) if *w == held => {}
+            Some(w) => diffs.push(format!(
+                "{kind} {name}:
+ ours:  {w}
+ envoy: {held}"
+            )),
+            None => {}
+        }
+    };
+    for config in dump["configs"].as_array().into_iter().flatten() {
+        let t = config["@type"].as_str().unwrap_or_default();
+        if t.ends_with("ClustersConfigDump") {
+            for c in config["dynamic_active_clusters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                check("cluster", &c["cluster"], &clusters);
+            }
+        } else if t.ends_with("RoutesConfigDump") {
+            for r in config["dynamic_route_configs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                check("route", &r["route_config"], &routes);
+            }
+        } else if t.ends_with("ListenersConfigDump") {
+            for l in config["dynamic_listeners"].as_array().into_iter().flatten() {
+                check("listener", &l["active_state"]["listener"], &listeners);
+            }
+        }
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "envoy holds other content than generated:\n{}",
+            diffs.join("\n")
+        ))
+    }
+}
+
+/// Envoy prints `10` where the proto JSON mapping of a double gives `10.0`.
+fn numbers_as_f64(v: Value) -> Value {
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+            .unwrap_or(Value::Number(n)),
+        Value::Array(a) => Value::Array(a.into_iter().map(numbers_as_f64).collect()),
+        Value::Object(o) => {
+            Value::Object(o.into_iter().map(|(k, v)| (k, numbers_as_f64(v))).collect())
+        }
+        other => other,
+    }
 }
 
 fn names(list: &[mesh_control::translate::Named]) -> BTreeSet<String> {
@@ -307,7 +395,7 @@ async fn run_one(
         last.endpoints
             .retain(|e| want.endpoints.contains(e) || !last.clusters.contains(e));
         if last == want {
-            result = Ok(());
+            result = same_content(&dump, &expected);
             break;
         }
     }

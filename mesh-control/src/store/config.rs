@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use mesh_api::networking::{
-    DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, SidecarSpec, VirtualServiceSpec,
-    WorkloadEntrySpec,
+    DestinationRuleSpec, EnvoyFilterSpec, GatewaySpec, ServiceEntrySpec, SidecarSpec,
+    VirtualServiceSpec, WorkloadEntrySpec,
 };
 use serde::Serialize;
 
@@ -60,6 +60,7 @@ pub struct ConfigSet {
     pub service_entries: Vec<Shared<ServiceEntrySpec>>,
     pub workload_entries: Vec<Shared<WorkloadEntrySpec>>,
     pub sidecars: Vec<Shared<SidecarSpec>>,
+    pub envoy_filters: Vec<Shared<EnvoyFilterSpec>>,
     pub services: Vec<Shared<Service>>,
     pub endpoint_slices: Vec<Shared<EndpointSlice>>,
     pub pods: Vec<Shared<Pod>>,
@@ -86,6 +87,7 @@ impl ConfigSet {
         by_age(&mut self.service_entries);
         by_age(&mut self.workload_entries);
         by_age(&mut self.sidecars);
+        by_age(&mut self.envoy_filters);
         by_age(&mut self.services);
         by_age(&mut self.endpoint_slices);
         by_age(&mut self.pods);

@@ -203,6 +203,7 @@ fn add_typed(set: &mut ConfigSet, origin: &str, resource: &Resource, seq: u64) {
         Resource::ServiceEntry(r) => push!(service_entries, r.spec.clone()),
         Resource::WorkloadEntry(r) => push!(workload_entries, r.spec.clone()),
         Resource::Sidecar(r) => push!(sidecars, r.spec.clone()),
+        Resource::EnvoyFilter(r) => push!(envoy_filters, r.spec.clone()),
         Resource::Service(r) => push!(services, (**r).clone()),
         Resource::EndpointSlice(r) => push!(endpoint_slices, (**r).clone()),
         Resource::Pod(r) => push!(pods, (**r).clone()),

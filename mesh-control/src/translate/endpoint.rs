@@ -121,13 +121,18 @@ pub fn all(ctx: &Ctx<'_>, out: &mut Vec<Named>) {
                 continue;
             }
             let eps = registry.endpoints(svc, port.port);
-            let groups = group(eps, None);
-            out.push(named(load_assignment(
-                outbound_name(port.port, "", &svc.hostname),
-                &groups,
-                locality_ctx(ctx, top, None, port.port).as_ref(),
-            )));
+            if !passthrough(top, None, port.port) {
+                let groups = group(eps, None);
+                out.push(named(load_assignment(
+                    outbound_name(port.port, "", &svc.hostname),
+                    &groups,
+                    locality_ctx(ctx, top, None, port.port).as_ref(),
+                )));
+            }
             for subset in dr.iter().flat_map(|d| d.spec.subsets.iter()) {
+                if passthrough(top, subset.traffic_policy.as_ref(), port.port) {
+                    continue;
+                }
                 let groups = group(eps, Some(&subset.labels));
                 out.push(named(load_assignment(
                     outbound_name(port.port, &subset.name, &svc.hostname),
@@ -137,6 +142,13 @@ pub fn all(ctx: &Ctx<'_>, out: &mut Vec<Named>) {
             }
         }
     }
+}
+
+/// A `PASSTHROUGH` load balancer makes the cluster ORIGINAL_DST: it has no endpoints to
+/// send (Envoy never asks for them).
+fn passthrough(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, port: u16) -> bool {
+    let (lb, _) = lb_and_outlier(top, subset, port);
+    lb.and_then(|l| l.simple) == Some(mesh_api::networking::SimpleLb::Passthrough)
 }
 
 fn named(cla: ClusterLoadAssignment) -> Named {

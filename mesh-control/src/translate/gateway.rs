@@ -29,6 +29,20 @@ struct BoundServer {
     server: Server,
 }
 
+/// For EnvoyFilter route matches: the Service ports that reach each port the gateway
+/// workload listens on.
+pub fn service_ports(ctx: &Ctx<'_>) -> super::envoy_filter::GatewayPorts {
+    let mut out = super::envoy_filter::GatewayPorts::default();
+    if let Some(w) = &ctx.workload {
+        for (_, ports) in ctx.snapshot.registry().services_for_workload(w) {
+            for (sp, target) in ports {
+                out.0.entry(target).or_default().insert(sp.port);
+            }
+        }
+    }
+    out
+}
+
 /// The servers of every Gateway selecting the proxy, by the port the proxy listens on.
 fn servers(ctx: &Ctx<'_>) -> BTreeMap<u16, Vec<BoundServer>> {
     // A Gateway's port is the Service port; the proxy listens on the target port.

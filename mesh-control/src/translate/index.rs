@@ -44,6 +44,8 @@ pub struct MeshIndex {
     pub destination_rules: Vec<Arc<NormalizedDr>>,
     dr_by_host: HashMap<String, Vec<usize>>,
     dr_wildcards: Vec<usize>,
+    /// EnvoyFilters, compiled, by priority then age.
+    pub envoy_filters: Vec<Arc<super::envoy_filter::CompiledFilter>>,
 }
 
 /// A DestinationRule with its host resolved.
@@ -190,6 +192,7 @@ impl MeshIndex {
         }
 
         report_host_conflicts(&index.virtual_services, &mut issues);
+        index.envoy_filters = super::envoy_filter::compile(&config.envoy_filters, &mut issues);
         (index, issues)
     }
 

@@ -7,6 +7,7 @@
 mod cluster;
 mod endpoint;
 pub mod endpoints_only;
+pub mod envoy_filter;
 mod filters;
 mod gateway;
 pub mod hosts;
@@ -204,6 +205,7 @@ pub fn generate(snapshot: &Snapshot, proxy: &Proxy) -> Generated {
         }
         ProxyKind::Router => gateway::generate(&ctx, &mut listeners, &mut routes),
     }
+    apply_envoy_filters(&ctx, &mut listeners, &mut routes);
 
     Generated {
         listeners: sorted(listeners.iter().map(|l| pack(l.name.clone(), l)).collect()),
@@ -211,6 +213,37 @@ pub fn generate(snapshot: &Snapshot, proxy: &Proxy) -> Generated {
         clusters: sorted(clusters),
         endpoints: sorted(endpoints),
         secrets: Vec::new(),
+    }
+}
+
+/// The EnvoyFilter patches for this proxy, applied to its listeners and route
+/// configurations (clusters and endpoints are never patched).
+fn apply_envoy_filters(
+    ctx: &Ctx<'_>,
+    listeners: &mut [envoy_types::pb::envoy::config::listener::v3::Listener],
+    routes: &mut [envoy_types::pb::envoy::config::route::v3::RouteConfiguration],
+) {
+    let patches = envoy_filter::for_proxy(
+        &ctx.snapshot.index().envoy_filters,
+        &ctx.proxy,
+        &ctx.snapshot.mesh().root_namespace,
+    );
+    if patches.is_empty() {
+        return;
+    }
+    envoy_filter::apply_listeners(&patches, listeners, ctx.proxy.kind);
+    let (context, ports) = match ctx.proxy.kind {
+        ProxyKind::Sidecar => (
+            mesh_api::networking::PatchContext::SidecarOutbound,
+            envoy_filter::GatewayPorts::default(),
+        ),
+        ProxyKind::Router => (
+            mesh_api::networking::PatchContext::Gateway,
+            gateway::service_ports(ctx),
+        ),
+    };
+    for rc in routes.iter_mut() {
+        envoy_filter::apply_route_configuration(&patches, rc, context, &ports);
     }
 }
 

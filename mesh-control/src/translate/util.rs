@@ -68,10 +68,11 @@ pub fn socket_address(ip: &str, port: u16) -> Address {
     }
 }
 
-/// Istio `Percent` (0..=100, fractional) as millionths, as Istio does.
+/// Istio `Percent` (0..=100, fractional) as millionths, truncated as Istio's
+/// `translatePercentToFractionalPercent` does (33.3 is 332999).
 pub fn percent_to_fraction(value: f64) -> FractionalPercent {
     FractionalPercent {
-        numerator: (value.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+        numerator: (value.clamp(0.0, 100.0) * 10_000.0) as u32,
         denominator: DenominatorType::Million as i32,
     }
 }

@@ -25,6 +25,9 @@ pub struct ProxySpec {
     pub id: String,
     #[serde(default)]
     pub metadata: Value,
+    /// The Envoy node's locality, `region/zone/subzone`.
+    #[serde(default)]
+    pub locality: Option<String>,
 }
 
 impl ProxySpec {
@@ -33,8 +36,27 @@ impl ProxySpec {
             id: self.id.clone(),
             cluster: self.name.clone(),
             metadata: Some(json_to_struct(&self.metadata)),
+            locality: self.locality.as_deref().map(|l| {
+                let mut parts = l.splitn(3, '/');
+                envoy_types::pb::envoy::config::core::v3::Locality {
+                    region: parts.next().unwrap_or_default().to_string(),
+                    zone: parts.next().unwrap_or_default().to_string(),
+                    sub_zone: parts.next().unwrap_or_default().to_string(),
+                }
+            }),
             ..Default::default()
         }
+    }
+
+    /// The node as Envoy bootstrap JSON.
+    pub fn node_json(&self) -> Value {
+        let mut node =
+            serde_json::json!({"id": self.id, "cluster": self.name, "metadata": self.metadata});
+        if let Some(l) = self.node().locality {
+            node["locality"] =
+                serde_json::json!({"region": l.region, "zone": l.zone, "sub_zone": l.sub_zone});
+        }
+        node
     }
 
     pub fn proxy(&self) -> Proxy {
