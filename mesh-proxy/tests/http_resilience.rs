@@ -877,3 +877,60 @@ async fn cookie_hash_with_ttl_sets_the_cookie_and_sticks() {
         "every request with the cookie went to one host: {with:?}"
     );
 }
+
+fn cluster_with_lifetimes(addr: SocketAddr, common: Value) -> Value {
+    let mut c = cluster_json("c", &[addr], false);
+    c["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": common,
+            "explicit_http_config": {"http_protocol_options": {}},
+        }
+    });
+    c
+}
+
+/// The upstream connections (client ports) the requests arrived on.
+async fn peers(p: &Proxy, n: usize, pause: Duration) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let r = get(p.addr, "svc", "/", &[]).await;
+        out.push(r.echo()["peer"].as_str().unwrap().to_string());
+        tokio::time::sleep(pause).await;
+    }
+    out
+}
+
+#[tokio::test]
+async fn upstream_connections_honour_max_requests_and_idle_timeout() {
+    let u = upstream("u").await;
+    let route = rc(json!({"match": {"prefix": "/"}, "route": {"cluster": "c"}}));
+    let p = proxy(
+        hcm_with(route.clone(), vec![], None),
+        &[cluster_with_lifetimes(
+            u.addr,
+            json!({"max_requests_per_connection": 2}),
+        )],
+    )
+    .await;
+    let seen = peers(&p, 5, Duration::from_millis(10)).await;
+    assert_eq!(seen[0], seen[1]);
+    assert_ne!(seen[1], seen[2], "a new connection after two requests");
+    assert_eq!(seen[2], seen[3]);
+    assert_ne!(seen[3], seen[4]);
+    let p = proxy(
+        hcm_with(route, vec![], None),
+        &[cluster_with_lifetimes(
+            u.addr,
+            json!({"idle_timeout": "0.2s"}),
+        )],
+    )
+    .await;
+    let quick = peers(&p, 3, Duration::from_millis(20)).await;
+    assert!(
+        quick.iter().all(|x| *x == quick[0]),
+        "reused while busy: {quick:?}"
+    );
+    let slow = peers(&p, 2, Duration::from_millis(600)).await;
+    assert_ne!(slow[0], slow[1], "closed after 0.2 s idle");
+}

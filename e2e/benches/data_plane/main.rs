@@ -10,6 +10,10 @@
 //! Writes raw results as JSON (`--json PATH`); `xtask/src/bench/data.rs` turns them into
 //! the report's tables (medians, added latency, ratios, the targets).
 
+// cargo builds bench targets with cfg(test) but no test harness: the modules' unit tests
+// compile to nothing here (tests/data_plane_bench.rs runs them).
+#![cfg_attr(test, allow(unused_imports))]
+
 mod load;
 mod procfs;
 mod proxies;
@@ -77,6 +81,12 @@ struct BenchArgs {
     /// Do not pin the load generator and the proxies to CPUs.
     #[arg(long)]
     no_pin: bool,
+    /// The oha binary (default: `$MESH_OHA`, tools/oha.sh's cache, `$PATH`).
+    #[arg(long)]
+    oha: Option<PathBuf>,
+    /// The Envoy binary (default: `$MESH_ENVOY`, else tools/envoy.sh).
+    #[arg(long)]
+    envoy: Option<PathBuf>,
     /// cargo bench passes this to every bench binary.
     #[arg(long, hide = true)]
     bench: bool,
@@ -194,7 +204,7 @@ fn bench(mut a: BenchArgs) -> Result<()> {
         a.workloads.clone()
     };
     let envoy = if kinds.contains(&Kind::Envoy) {
-        Some(topology::find_envoy(&root).context(
+        Some(a.envoy.clone().or_else(|| topology::find_envoy(&root)).context(
             "Envoy not found: set MESH_ENVOY or let tools/envoy.sh install it (or --kinds without envoy)",
         )?)
     } else {
@@ -211,7 +221,7 @@ fn bench(mut a: BenchArgs) -> Result<()> {
     let oha = if a.own_generator {
         None
     } else {
-        Some(tools::find_oha().context(
+        Some(a.oha.clone().or_else(tools::find_oha).context(
             "oha not found: run tools/oha.sh (cargo install oha), set MESH_OHA, or pass --own-generator",
         )?)
     };

@@ -299,7 +299,6 @@ pub fn haproxy_conf(w: Workload, port: u16, upstream: &str) -> String {
     format!(
         "global
   nbthread 1
-  maxconn 20000
 defaults
   mode {mode}
   timeout connect 5s

@@ -62,7 +62,7 @@ pub fn oha_args(
         format!("{}ms", (seconds * 1000.0).round() as u64),
         "-c".into(),
         connections.to_string(),
-        // Only requests that finished within the run count (no tail of cancelled ones).
+        // Requests in flight at the deadline finish (instead of counting as aborted).
         "-w".into(),
     ];
     if let Some(r) = rate {
@@ -143,7 +143,7 @@ pub fn parse_h2load(text: &str) -> Result<Summary> {
     let seconds = parts
         .first()
         .and_then(|p| p.strip_prefix("finished in "))
-        .and_then(|p| parse_h2load_duration(p))
+        .and_then(parse_h2load_duration)
         .context("h2load: no duration")?;
     let rps: f64 = parts
         .get(1)

@@ -178,7 +178,11 @@ pub fn wait_converged(
             // why: a response the proxy does not ACK usually leaves something warming.
             for (name, netns) in &proxies {
                 let (Ok(control), Ok(held)) = (
-                    get_json(node, monitoring, &format!("/debug/config_dump?proxyID={name}")),
+                    get_json(
+                        node,
+                        monitoring,
+                        &format!("/debug/config_dump?proxyID={name}"),
+                    ),
                     get_json(netns, "127.0.0.1:15000", "/config_dump?include_eds"),
                 ) else {
                     continue;

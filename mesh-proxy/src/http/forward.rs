@@ -35,7 +35,7 @@ use crate::{
         route::VirtualHost,
         route_action::{ClusterSpecifier, HashPolicyKind, HostRewrite, RouteAction},
     },
-    upstream::{Cluster, ConnectError, Host, LbContext},
+    upstream::{Cluster, ConnectError, Host, LbContext, Outcome},
 };
 
 pub static X_ENVOY_IS_TIMEOUT_RETRY: HeaderName =
@@ -314,12 +314,7 @@ pub(super) async fn forward(
     } else {
         upstream_protocol(&cluster, parts.version)
     };
-    let settings = ConnectSettings {
-        h2_initial_stream_window: cluster.config().http.initial_stream_window_size,
-        h2_initial_connection_window: cluster.config().http.initial_connection_window_size,
-        h2_keepalive_interval: None,
-        max_response_headers_kb: None,
-    };
+    let settings = connect_settings(&cluster);
     let up_version = match protocol {
         Protocol::Http1 => Version::HTTP_11,
         Protocol::Http2 => Version::HTTP_2,
@@ -365,6 +360,7 @@ pub(super) async fn forward(
     st.attempt_count_header = vhost.include_attempt_count_in_response;
     let idle = stream_idle(&hcm, action.idle_timeout);
     let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut tried_priorities: Vec<u32> = Vec::new();
     let mut attempt: u32 = 0;
     let mut timeout_retry = false;
     let mut rand = || rand::random::<u64>();
@@ -374,7 +370,19 @@ pub(super) async fn forward(
         let attempts = retry
             .as_ref()
             .map_or(1, RetryState::host_selection_attempts);
-        let Some(host) = pick(&cluster, hash, original_dst, &tried, avoid, attempts) else {
+        let excluded = match policy.and_then(|p| p.previous_priorities) {
+            Some(f) if retry.is_some() => excluded_priorities(&tried_priorities, attempt, f),
+            _ => Vec::new(),
+        };
+        let Some(host) = pick(
+            &cluster,
+            hash,
+            original_dst,
+            &tried,
+            avoid,
+            attempts,
+            &excluded,
+        ) else {
             stats.upstream_cx_none_healthy.inc();
             return st.local(
                 &parts,
@@ -386,6 +394,7 @@ pub(super) async fn forward(
         };
         st.info.attempt_count = attempt;
         st.info.upstream_host = Some(host.addr);
+        tried_priorities.push(host.priority);
         let host_guard = host.request_guard();
         // Retries tell the upstream what is left of the route timeout.
         let elapsed = match progress.done_at() {
@@ -457,6 +466,10 @@ pub(super) async fn forward(
                     response,
                     upstream_local,
                 } = *r;
+                host.report(Outcome::Status(outlier_status(
+                    response.status(),
+                    response.headers(),
+                )));
                 if let Some(rs) = retry.as_mut() {
                     let d = rs.would_retry_headers(response.status(), response.headers());
                     let d = if can_retry { d } else { Decision::No };
@@ -489,6 +502,10 @@ pub(super) async fn forward(
             Attempt::Failed(e) => {
                 tried.push(host.addr);
                 let reason = reset_reason(&e);
+                // Connect results are the cluster's to report; a reset after it is ours.
+                if matches!(reason, ResetReason::Remote | ResetReason::RefusedStream) {
+                    host.report(Outcome::ConnectFailed);
+                }
                 if let Some(rs) = retry.as_mut() {
                     let d = rs.would_retry_reset(reason, !e.is_connect_failure());
                     let d = if can_retry { d } else { Decision::No };
@@ -516,6 +533,7 @@ pub(super) async fn forward(
             }
             Attempt::PerTryTimeout(details) => {
                 tried.push(host.addr);
+                host.report(Outcome::Timeout);
                 if let Some(rs) = retry.as_mut() {
                     let d = rs.would_retry_reset(ResetReason::LocalTimeout, true);
                     let d = if can_retry { d } else { Decision::No };
@@ -546,7 +564,10 @@ pub(super) async fn forward(
                     ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
                 );
             }
-            Attempt::GlobalTimeout => return global_timeout(st, &parts),
+            Attempt::GlobalTimeout => {
+                host.report(Outcome::Timeout);
+                return global_timeout(st, &parts);
+            }
             Attempt::StreamIdle => {
                 return st.local(
                     &parts,
@@ -652,7 +673,11 @@ fn reset_reason(e: &UpstreamError) -> ResetReason {
 }
 
 /// Picks a host, re-picking up to `attempts` times to avoid hosts already tried (the
-/// `previous_hosts` predicate with `host_selection_retry_max_attempts`).
+/// `previous_hosts` predicate with `host_selection_retry_max_attempts`). With
+/// `excluded` priorities (the `previous_priorities` retry priority), a host of an
+/// excluded priority is replaced by one of the first priority left that has healthy
+/// hosts (not tried, when possible); when every priority is excluded the normal pick
+/// stands, as Envoy falls back to the unmodified load.
 fn pick(
     cluster: &Cluster,
     hash: Option<u64>,
@@ -660,6 +685,7 @@ fn pick(
     tried: &[SocketAddr],
     avoid: bool,
     attempts: u32,
+    excluded: &[u32],
 ) -> Option<Arc<Host>> {
     let ctx = LbContext {
         hash,
@@ -672,7 +698,70 @@ fn pick(
         host = cluster.pick(&ctx)?;
         n += 1;
     }
+    if !excluded.is_empty() && excluded.contains(&host.priority) {
+        let set = cluster.hosts();
+        let level = set
+            .hosts
+            .iter()
+            .filter(|h| !excluded.contains(&h.priority) && h.is_healthy())
+            .map(|h| h.priority)
+            .min();
+        if let Some(p) = level {
+            let candidates: Vec<&Arc<Host>> = set
+                .hosts
+                .iter()
+                .filter(|h| h.priority == p && h.is_healthy())
+                .collect();
+            let fresh: Vec<&Arc<Host>> = candidates
+                .iter()
+                .copied()
+                .filter(|h| !avoid || !tried.contains(&h.addr))
+                .collect();
+            let r = hash.unwrap_or_else(rand::random) as usize;
+            let from = if fresh.is_empty() {
+                &candidates
+            } else {
+                &fresh
+            };
+            host = from[r % from.len()].clone();
+        }
+    }
     Some(host)
+}
+
+/// Envoy's `PreviousPrioritiesRetryPriority`: attempt `attempt` (1-based) excludes the
+/// priorities of the attempts before the last multiple of `update_frequency`.
+fn excluded_priorities(tried: &[u32], attempt: u32, update_frequency: u32) -> Vec<u32> {
+    let counted = (attempt.saturating_sub(1) / update_frequency * update_frequency) as usize;
+    let mut out: Vec<u32> = tried.iter().take(counted).copied().collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The status outlier detection sees: trailers-only gRPC responses count by their
+/// `grpc-status` mapped to HTTP (Envoy's `grpcToHttpStatus`).
+fn outlier_status(status: StatusCode, headers: &HeaderMap) -> u16 {
+    let grpc = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u32>().ok());
+    match grpc {
+        None => status.as_u16(),
+        Some(code) => match code {
+            0 => 200,
+            1 => 499,
+            3 | 9 | 11 => 400,
+            4 => 504,
+            5 => 404,
+            6 | 10 => 409,
+            7 => 403,
+            8 => 429,
+            12 => 501,
+            14 => 503,
+            16 => 401,
+            _ => 500,
+        },
+    }
 }
 
 /// The upstream form of a request (`auto_host`: `auto_host_rewrite` to the host's
@@ -921,6 +1010,26 @@ pub(super) fn pool_for(host: &Host, protocol: Protocol) -> Arc<HostPool> {
     }
 }
 
+/// The cluster's upstream connection settings and lifetimes.
+pub(super) fn connect_settings(cluster: &Cluster) -> ConnectSettings {
+    let http = &cluster.config().http;
+    let (idle_timeout, max_requests_per_connection, max_connection_duration) =
+        ConnectSettings::lifetimes(
+            http.idle_timeout,
+            http.max_requests_per_connection,
+            http.max_connection_duration,
+        );
+    ConnectSettings {
+        h2_initial_stream_window: http.initial_stream_window_size,
+        h2_initial_connection_window: http.initial_connection_window_size,
+        h2_keepalive_interval: None,
+        max_response_headers_kb: None,
+        idle_timeout,
+        max_requests_per_connection,
+        max_connection_duration,
+    }
+}
+
 pub(super) fn upstream_protocol(cluster: &Cluster, downstream: Version) -> Protocol {
     match cluster.config().http.protocol {
         UpstreamProtocol::Http1 => Protocol::Http1,
@@ -1031,6 +1140,28 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn previous_priorities_update_every_n_attempts() {
+        // Attempts went to priorities 0, 0, 1, 1 (update_frequency 2).
+        let tried = [0, 0, 1, 1];
+        assert!(excluded_priorities(&tried[..0], 1, 2).is_empty());
+        assert!(excluded_priorities(&tried[..1], 2, 2).is_empty());
+        assert_eq!(excluded_priorities(&tried[..2], 3, 2), [0]);
+        assert_eq!(excluded_priorities(&tried[..3], 4, 2), [0]);
+        assert_eq!(excluded_priorities(&tried, 5, 2), [0, 1]);
+        assert_eq!(excluded_priorities(&tried[..1], 2, 1), [0]);
+    }
+
+    #[test]
+    fn grpc_statuses_map_to_http_for_outlier_detection() {
+        let mut h = HeaderMap::new();
+        assert_eq!(outlier_status(StatusCode::BAD_GATEWAY, &h), 502);
+        h.insert("grpc-status", HeaderValue::from_static("14"));
+        assert_eq!(outlier_status(StatusCode::OK, &h), 503);
+        h.insert("grpc-status", HeaderValue::from_static("0"));
+        assert_eq!(outlier_status(StatusCode::OK, &h), 200);
+    }
 
     #[test]
     fn set_cookie_is_envoys_format() {

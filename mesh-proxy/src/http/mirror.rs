@@ -26,8 +26,10 @@ use http_body_util::BodyExt;
 
 use super::{
     body::UpstreamBody,
-    forward::{ClusterConnector, build_upstream_request, pool_for, upstream_protocol},
-    pool::{ConnectSettings, Protocol},
+    forward::{
+        ClusterConnector, build_upstream_request, connect_settings, pool_for, upstream_protocol,
+    },
+    pool::Protocol,
     request_body::BufferedBody,
     router::set_host,
 };
@@ -211,12 +213,7 @@ async fn run(
         Some(b) => UpstreamBody::Replay { body: b },
         None => UpstreamBody::empty(),
     };
-    let settings = ConnectSettings {
-        h2_initial_stream_window: cluster.config().http.initial_stream_window_size,
-        h2_initial_connection_window: cluster.config().http.initial_connection_window_size,
-        h2_keepalive_interval: None,
-        max_response_headers_kb: None,
-    };
+    let settings = connect_settings(&cluster);
     let pool = pool_for(&host, protocol);
     let exchange = async {
         let connector = ClusterConnector {

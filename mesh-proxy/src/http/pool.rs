@@ -28,7 +28,8 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
-use tokio::{net::TcpStream, sync::Notify};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use tokio::{net::TcpStream, sync::Notify, time::Instant};
 
 use super::body::UpstreamBody;
 
@@ -143,13 +144,43 @@ impl Connector for Direct {
     }
 }
 
-/// Settings for new connections.
+/// Settings for new connections and their lifetime (the cluster's
+/// `common_http_protocol_options`).
 #[derive(Debug, Clone, Default)]
 pub struct ConnectSettings {
     pub h2_initial_stream_window: Option<u32>,
     pub h2_initial_connection_window: Option<u32>,
     pub h2_keepalive_interval: Option<Duration>,
     pub max_response_headers_kb: Option<u32>,
+    /// Close a connection with no request for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection (once its requests are done) after this many requests.
+    pub max_requests_per_connection: Option<u32>,
+    /// Close a connection (once its requests are done) this long after it opened.
+    pub max_connection_duration: Option<Duration>,
+}
+
+/// Envoy's default upstream connection idle timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+impl ConnectSettings {
+    /// Envoy's rules: idle timeout 1 h by default and 0 disables; 0 requests means
+    /// unlimited; a zero duration disables.
+    pub fn lifetimes(
+        idle: Option<Duration>,
+        max_requests: Option<u32>,
+        max_duration: Option<Duration>,
+    ) -> (Option<Duration>, Option<u32>, Option<Duration>) {
+        (
+            match idle {
+                None => Some(DEFAULT_IDLE_TIMEOUT),
+                Some(d) if d.is_zero() => None,
+                Some(d) => Some(d),
+            },
+            max_requests.filter(|n| *n > 0),
+            max_duration.filter(|d| !d.is_zero()),
+        )
+    }
 }
 
 enum Got {
@@ -160,12 +191,93 @@ enum Got {
 struct Idle {
     sender: http1::SendRequest<UpstreamBody>,
     local: Option<SocketAddr>,
+    /// Requests sent on this connection.
+    requests: u32,
+    opened: Instant,
+    idle_since: Instant,
+}
+
+impl Idle {
+    fn new(sender: http1::SendRequest<UpstreamBody>, local: Option<SocketAddr>) -> Self {
+        let now = Instant::now();
+        Idle {
+            sender,
+            local,
+            requests: 0,
+            opened: now,
+            idle_since: now,
+        }
+    }
+
+    /// Whether the connection may carry another request.
+    fn usable(&self, s: &ConnectSettings, now: Instant) -> bool {
+        !self.sender.is_closed()
+            && s.max_requests_per_connection
+                .is_none_or(|m| self.requests < m)
+            && s.max_connection_duration
+                .is_none_or(|d| now < self.opened + d)
+            && s.idle_timeout.is_none_or(|d| now < self.idle_since + d)
+    }
 }
 
 #[derive(Clone)]
 struct H2Conn {
     sender: http2::SendRequest<UpstreamBody>,
     local: Option<SocketAddr>,
+    /// Streams opened on this connection.
+    requests: Arc<AtomicU32>,
+    activity: Arc<StreamActivity>,
+    opened: Instant,
+}
+
+/// Streams in flight on an HTTP/2 connection and when the last one ended (the idle
+/// timeout counts from then).
+#[derive(Debug)]
+struct StreamActivity {
+    base: Instant,
+    active: AtomicU32,
+    /// Milliseconds since `base` when the last stream ended.
+    last_done_ms: AtomicU64,
+}
+
+impl StreamActivity {
+    fn idle_for(&self, now: Instant) -> Option<Duration> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = self.base + Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
+        Some(now.saturating_duration_since(last))
+    }
+}
+
+/// One HTTP/2 stream in flight; ends with the response body.
+struct StreamGuard(Arc<StreamActivity>);
+
+impl StreamGuard {
+    fn new(a: &Arc<StreamActivity>) -> Self {
+        a.active.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(a.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let ms = Instant::now()
+            .saturating_duration_since(self.0.base)
+            .as_millis() as u64;
+        self.0.last_done_ms.store(ms, Ordering::Release);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl H2Conn {
+    fn usable(&self, s: &ConnectSettings, now: Instant) -> bool {
+        !self.sender.is_closed()
+            && s.max_requests_per_connection
+                .is_none_or(|m| self.requests.load(Ordering::Relaxed) < m)
+            && s.max_connection_duration
+                .is_none_or(|d| now < self.opened + d)
+    }
 }
 
 /// Connection pool for one upstream host and protocol.
@@ -177,6 +289,10 @@ pub struct HostPool {
     h2: Mutex<Option<H2Conn>>,
     /// Serializes HTTP/2 connection setup so a burst opens one connection, not many.
     h2_connecting: tokio::sync::Mutex<()>,
+    /// A task closes idle connections past the idle timeout (started on first need).
+    sweeper: AtomicBool,
+    /// The settings of the last request (connection lifetimes for the sweeper).
+    settings: Mutex<ConnectSettings>,
 }
 
 /// A response from the pool plus where it came from.
@@ -194,7 +310,42 @@ impl HostPool {
             returned: Notify::new(),
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
+            sweeper: AtomicBool::new(false),
+            settings: Mutex::new(ConnectSettings::default()),
         })
+    }
+
+    /// Starts the idle sweeper once: it closes idle HTTP/1.1 connections past the idle
+    /// timeout (and HTTP/2 ones with no stream), and ends with the pool.
+    fn ensure_sweeper(self: &Arc<Self>, settings: &ConnectSettings) {
+        let Some(idle) = settings.idle_timeout else {
+            return;
+        };
+        *self.settings.lock() = settings.clone();
+        if self.sweeper.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let period = (idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(60));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(pool) = weak.upgrade() else { return };
+                let s = pool.settings.lock().clone();
+                let now = Instant::now();
+                pool.idle.lock().retain(|c| c.usable(&s, now));
+                let mut h2 = pool.h2.lock();
+                if h2.as_ref().is_some_and(|c| {
+                    c.sender.is_closed()
+                        || c.activity
+                            .idle_for(now)
+                            .is_some_and(|i| s.idle_timeout.is_some_and(|d| i >= d))
+                }) {
+                    // Dropping the pool's sender closes the connection.
+                    *h2 = None;
+                }
+            }
+        });
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -218,6 +369,7 @@ impl HostPool {
         connector: &dyn Connector,
         settings: &ConnectSettings,
     ) -> Result<PoolResponse, UpstreamError> {
+        self.ensure_sweeper(settings);
         match self.protocol {
             Protocol::Http1 => self.send_h1(req, connector, settings).await,
             Protocol::Http2 => self.send_h2(req, connector, settings).await,
@@ -236,10 +388,13 @@ impl HostPool {
         Ok((resp, local))
     }
 
-    fn pop_idle(&self) -> Option<Idle> {
+    /// The most recently returned usable idle connection; unusable ones (closed, idle
+    /// too long, too old, too many requests) are dropped, which closes them.
+    fn pop_idle(&self, settings: &ConnectSettings) -> Option<Idle> {
+        let now = Instant::now();
         let mut idle = self.idle.lock();
         while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() {
+            if c.usable(settings, now) {
                 return Some(c);
             }
         }
@@ -254,7 +409,7 @@ impl HostPool {
     ) -> Result<PoolResponse, UpstreamError> {
         let mut pending: Option<Guard> = None;
         loop {
-            let (mut conn, reused) = match self.pop_idle() {
+            let (mut conn, reused) = match self.pop_idle(settings) {
                 Some(c) => (c, true),
                 None => match self.connect_or_reuse(connector, settings).await {
                     Ok(Got::Reused(c)) => (c, true),
@@ -269,10 +424,12 @@ impl HostPool {
                             );
                         }
                         let notified = self.returned.notified();
-                        if let Some(c) = self.pop_idle() {
+                        if let Some(c) = self.pop_idle(settings) {
                             (c, true)
                         } else {
-                            notified.await;
+                            // A connection closing (not returned) frees its slot a moment
+                            // later: look again even without a notification.
+                            let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
                             continue;
                         }
                     }
@@ -285,9 +442,11 @@ impl HostPool {
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
                     let local = conn.local;
+                    conn.requests += 1;
                     let ret = ReturnToPool {
                         pool: self.clone(),
                         conn: Some(conn),
+                        settings: settings.clone(),
                     };
                     return Ok(PoolResponse {
                         response: resp.map(|b| PooledBody::new(b, Some(ret))),
@@ -320,9 +479,9 @@ impl HostPool {
             let notified = self.returned.notified();
             tokio::select! {
                 biased;
-                r = &mut connect => return r.map(|(sender, local)| Got::New(Idle { sender, local })),
+                r = &mut connect => return r.map(|(sender, local)| Got::New(Idle::new(sender, local))),
                 _ = notified => {
-                    if let Some(c) = self.pop_idle() {
+                    if let Some(c) = self.pop_idle(settings) {
                         return Ok(Got::Reused(c));
                     }
                 }
@@ -360,11 +519,12 @@ impl HostPool {
         connector: &dyn Connector,
         settings: &ConnectSettings,
     ) -> Result<H2Conn, UpstreamError> {
-        if let Some(c) = self.h2.lock().as_ref().filter(|c| !c.sender.is_closed()) {
+        let usable = |c: &&H2Conn| c.usable(settings, Instant::now());
+        if let Some(c) = self.h2.lock().as_ref().filter(usable) {
             return Ok(c.clone());
         }
         let _connecting = self.h2_connecting.lock().await;
-        if let Some(c) = self.h2.lock().as_ref().filter(|c| !c.sender.is_closed()) {
+        if let Some(c) = self.h2.lock().as_ref().filter(usable) {
             return Ok(c.clone());
         }
         let (stream, guard) = connector.connect().await?;
@@ -384,7 +544,20 @@ impl HostPool {
                 tracing::debug!(error = %e, "upstream http/2 connection closed with error");
             }
         });
-        let c = H2Conn { sender, local };
+        let now = Instant::now();
+        let c = H2Conn {
+            sender,
+            local,
+            requests: Arc::new(AtomicU32::new(0)),
+            activity: Arc::new(StreamActivity {
+                base: now,
+                active: AtomicU32::new(0),
+                last_done_ms: AtomicU64::new(0),
+            }),
+            opened: now,
+        };
+        // A replaced connection (too old, too many streams) finishes its streams and
+        // closes when its last sender is dropped.
         *self.h2.lock() = Some(c.clone());
         Ok(c)
     }
@@ -401,10 +574,18 @@ impl HostPool {
                 self.forget_h2(&conn);
                 continue;
             }
+            conn.requests.fetch_add(1, Ordering::Relaxed);
+            let stream = StreamGuard::new(&conn.activity);
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
                     return Ok(PoolResponse {
-                        response: resp.map(|b| PooledBody::new(b, None)),
+                        response: resp.map(|b| {
+                            let mut body = PooledBody::new(b, None);
+                            if !body.body.is_end_stream() {
+                                body.stream = Some(stream);
+                            }
+                            body
+                        }),
                         upstream_local: conn.local,
                     });
                 }
@@ -454,14 +635,19 @@ fn classify(e: hyper::Error) -> UpstreamError {
 struct ReturnToPool {
     pool: Arc<HostPool>,
     conn: Option<Idle>,
+    settings: ConnectSettings,
 }
 
 impl ReturnToPool {
     fn give_back(&mut self) {
-        if let Some(conn) = self.conn.take()
-            && !conn.sender.is_closed()
-        {
-            self.pool.idle.lock().push(conn);
+        if let Some(mut conn) = self.conn.take() {
+            let now = Instant::now();
+            conn.idle_since = now;
+            if conn.usable(&self.settings, now) {
+                self.pool.idle.lock().push(conn);
+            }
+            // Either way a waiting request can go on (reuse it, or connect anew once the
+            // closed connection's slot is free).
             self.pool.returned.notify_one();
         }
     }
@@ -471,11 +657,17 @@ impl ReturnToPool {
 pub struct PooledBody {
     body: Incoming,
     ret: Option<ReturnToPool>,
+    /// HTTP/2: the stream in flight (the connection's idle timeout waits for it).
+    stream: Option<StreamGuard>,
 }
 
 impl PooledBody {
     fn new(body: Incoming, ret: Option<ReturnToPool>) -> Self {
-        let mut b = PooledBody { body, ret };
+        let mut b = PooledBody {
+            body,
+            ret,
+            stream: None,
+        };
         if b.body.is_end_stream() {
             b.release();
         }
@@ -484,13 +676,18 @@ impl PooledBody {
 
     /// A body whose connection does not go back to a pool (dedicated connections).
     pub fn detached(body: Incoming) -> Self {
-        PooledBody { body, ret: None }
+        PooledBody {
+            body,
+            ret: None,
+            stream: None,
+        }
     }
 
     fn release(&mut self) {
         if let Some(mut r) = self.ret.take() {
             r.give_back();
         }
+        self.stream = None;
     }
 }
 
@@ -507,7 +704,10 @@ impl Body for PooledBody {
         match &r {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.ret = None,
+            Poll::Ready(Some(Err(_))) => {
+                this.ret = None;
+                this.stream = None;
+            }
             _ => {}
         }
         r

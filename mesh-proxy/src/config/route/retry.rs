@@ -100,10 +100,10 @@ impl RetryOn {
         let mut out = Self::NONE;
         for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             out |= Self::http_token(t)
-                    .or_else(|| Self::grpc_token(t))
-                    .ok_or_else(|| {
-                        ConfigError::field(field, format!("unknown retry condition {t:?}"))
-                    })?;
+                .or_else(|| Self::grpc_token(t))
+                .ok_or_else(|| {
+                    ConfigError::field(field, format!("unknown retry condition {t:?}"))
+                })?;
         }
         Ok(out)
     }
@@ -179,6 +179,8 @@ pub struct RetryPolicy {
     pub avoid_previous_hosts: bool,
     /// How many times host selection may re-pick to avoid a previous host (Envoy: 1).
     pub host_selection_retry_max_attempts: u32,
+    /// `envoy.retry_priorities.previous_priorities`: its `update_frequency`.
+    pub previous_priorities: Option<u32>,
     pub base_interval: Duration,
     pub max_interval: Duration,
 }
@@ -198,6 +200,7 @@ impl Default for RetryPolicy {
             retriable_request_headers: Vec::new(),
             avoid_previous_hosts: false,
             host_selection_retry_max_attempts: 1,
+            previous_priorities: None,
             base_interval: DEFAULT_BASE_INTERVAL,
             max_interval: DEFAULT_BASE_INTERVAL * 10,
         }
@@ -209,9 +212,10 @@ impl RetryPolicy {
         let f = |name: &str| format!("{field}.{name}");
         let retry_on = RetryOn::parse_config(&p.retry_on, &f("retry_on"))?;
         let unsupported = |name: &str| ConfigError::field(f(name), "is not supported");
-        if p.retry_priority.is_some() {
-            return Err(unsupported("retry_priority"));
-        }
+        let previous_priorities = match &p.retry_priority {
+            None => None,
+            Some(rp) => Some(previous_priorities(rp, &f("retry_priority"))?),
+        };
         if p.rate_limited_retry_back_off.is_some() {
             return Err(unsupported("rate_limited_retry_back_off"));
         }
@@ -300,10 +304,47 @@ impl RetryPolicy {
             host_selection_retry_max_attempts: u32::try_from(p.host_selection_retry_max_attempts)
                 .unwrap_or(u32::MAX)
                 .max(1),
+            previous_priorities,
             base_interval,
             max_interval,
         })
     }
+}
+
+const PREVIOUS_PRIORITIES: &str = "envoy.retry_priorities.previous_priorities";
+
+/// The `update_frequency` of a `previous_priorities` retry priority.
+fn previous_priorities(
+    rp: &rpb::retry_policy::RetryPriority,
+    field: &str,
+) -> Result<u32, ConfigError> {
+    use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+    use rpb::retry_policy::retry_priority::ConfigType;
+    let any = rp
+        .config_type
+        .as_ref()
+        .map(|ConfigType::TypedConfig(any)| any);
+    let by_type =
+        any.is_some_and(|a| a.type_url == <PreviousPrioritiesConfig as prost::Name>::type_url());
+    if rp.name != PREVIOUS_PRIORITIES && !by_type {
+        return Err(ConfigError::field(
+            format!("{field}.name"),
+            format!("retry priority {:?} is not supported", rp.name),
+        ));
+    }
+    let cfg: PreviousPrioritiesConfig = match any {
+        Some(a) => crate::config::decode_any(a, &format!("{field}.typed_config"))?,
+        None => PreviousPrioritiesConfig::default(),
+    };
+    u32::try_from(cfg.update_frequency)
+        .ok()
+        .filter(|f| *f > 0)
+        .ok_or_else(|| {
+            ConfigError::field(
+                format!("{field}.typed_config.update_frequency"),
+                "must be greater than zero",
+            )
+        })
 }
 
 #[cfg(test)]
@@ -377,6 +418,23 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("x-retry-me", "1".parse().expect("value"));
         assert!(p.retriable_headers[1].matches(http::StatusCode::OK, &h));
+    }
+
+    #[test]
+    fn previous_priorities_as_istio_sends_it() {
+        let p = policy(json!({"retry_on": "5xx", "retry_priority": {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig", "update_frequency": 2}}}))
+        .expect("valid");
+        assert_eq!(p.previous_priorities, Some(2));
+        let e = policy(json!({"retry_on": "5xx", "retry_priority": {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"}}}))
+        .expect_err("zero");
+        assert_eq!(
+            e.field,
+            "retry_policy.retry_priority.typed_config.update_frequency"
+        );
     }
 
     #[test]
