@@ -286,7 +286,9 @@ fn parse_command(input: &str, name: &str, arg: Option<&str>) -> Result<Command, 
         }
         "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Command::UpstreamRemoteAddress { port: false },
         "UPSTREAM_LOCAL_ADDRESS" => Command::UpstreamLocalAddress,
-        "UPSTREAM_CLUSTER" => Command::UpstreamCluster,
+        // Envoy's RAW form skips the cluster's alt_stat_name; we have no alt stat names, so
+        // both are the cluster's name (Istio's default text format uses the RAW form).
+        "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => Command::UpstreamCluster,
         "ROUTE_NAME" => Command::RouteName,
         "REQUESTED_SERVER_NAME" => Command::RequestedServerName,
         "RESPONSE_CODE" => Command::ResponseCode,
@@ -599,6 +601,18 @@ mod tests {
         assert_eq!(run("100%% %UPSTREAM_HOST%", false), "100% ");
         assert_eq!(run("%UPSTREAM_HOST% %RESPONSE_FLAGS%", true), "- -");
         assert!(!run("%HOSTNAME%", false).is_empty());
+    }
+
+    #[test]
+    fn istios_default_text_format_parses() {
+        // Istio's default `accessLogFormat` (pilot/pkg/model/telemetry_logging.go).
+        let istio = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+        let line = run(istio, true);
+        assert!(
+            line.starts_with("[2023-11-14T22:13:20.123Z] \"GET /a/b?c=d HTTP/1.1\""),
+            "{line}"
+        );
+        assert!(line.contains(" 127.0.0.1:15001 10.250.0.7:4567 "), "{line}");
     }
 
     #[test]
