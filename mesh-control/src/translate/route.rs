@@ -205,6 +205,26 @@ fn translate_route(
     out
 }
 
+/// gRPC requests honour `grpc-timeout`, as Istio's `setTimeout` arranges: with no timeout,
+/// `max_stream_duration` {0, 0} (uncapped); with one, the deprecated `max_grpc_timeout`
+/// caps the header. Not `grpc_timeout_header_max` then: any `max_stream_duration` makes
+/// Envoy ignore the route `timeout` for every request, gRPC or not.
+#[allow(deprecated)]
+fn set_grpc_timeout(
+    action: &mut RouteAction,
+    timeout: envoy_types::pb::google::protobuf::Duration,
+) {
+    if timeout.seconds == 0 && timeout.nanos == 0 {
+        action.max_stream_duration = Some(MaxStreamDuration {
+            max_stream_duration: Some(timeout),
+            grpc_timeout_header_max: Some(timeout),
+            ..Default::default()
+        });
+    } else {
+        action.max_grpc_timeout = Some(timeout);
+    }
+}
+
 fn route_action(
     rc: &RouteCtx<'_>,
     http: &HttpRoute,
@@ -214,11 +234,7 @@ fn route_action(
     let mut action = RouteAction::default();
     let timeout = istio_duration(&http.timeout).unwrap_or_else(zero);
     action.timeout = Some(timeout);
-    // gRPC requests honour grpc-timeout, capped by the route timeout (0: uncapped).
-    action.max_stream_duration = Some(MaxStreamDuration {
-        grpc_timeout_header_max: Some(timeout),
-        ..Default::default()
-    });
+    set_grpc_timeout(&mut action, timeout);
     if let Some(rw) = &http.rewrite {
         if let Some(re) = &rw.uri_regex_rewrite {
             action.regex_rewrite = Some(RegexMatchAndSubstitute {
