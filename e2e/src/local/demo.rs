@@ -24,6 +24,43 @@ const APPS: &[(&str, &str, &str, u16)] = &[
     ("sleep", "sleep", "v1", 80),
 ];
 
+/// The demo's edge: `catalog.example.com` on the ingress gateway routes to catalog, as a
+/// user would write it for Istio (they can edit or delete it in `config/user/`).
+pub const INGRESS_CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: catalog-gateway
+  namespace: default
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - catalog.example.com
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: catalog-ingress
+  namespace: default
+spec:
+  hosts:
+  - catalog.example.com
+  gateways:
+  - catalog-gateway
+  http:
+  - route:
+    - destination:
+        host: catalog
+        port:
+          number: 80
+"#;
+
 fn selector(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -90,6 +127,9 @@ pub fn up(cfg: ClusterConfig, sidecars: bool) -> Result<LocalCluster> {
         gw.service_account = "istio-ingressgateway-service-account".into();
         gw.kind = PodKind::Gateway;
         cluster.add_pod(gw)?;
+        cluster.apply(INGRESS_CONFIG)?;
+        // So the printed curl works as soon as `up` returns.
+        cluster.wait_synced(std::time::Duration::from_secs(30))?;
     }
     Ok(cluster)
 }
@@ -103,7 +143,7 @@ pub fn what_to_try(cluster: &LocalCluster) -> String {
     ));
     if let Some(url) = cluster.ingress_url() {
         s.push_str(&format!(
-            "From this host, through the ingress gateway (after you apply a Gateway and VirtualService):\n  curl -s {url}/ -H 'Host: catalog.example.com'\n\n"
+            "From this host, through the ingress gateway (Gateway catalog-gateway, VirtualService catalog-ingress):\n  curl -s {url}/ -H 'Host: catalog.example.com'\n\n"
         ));
     }
     s.push_str("From inside the mesh (the sleep pod; its traffic goes through its sidecar):\n");
