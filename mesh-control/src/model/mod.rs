@@ -65,6 +65,9 @@ pub struct Proxy {
     pub cluster_id: String,
     /// `MESH_ID`, when given.
     pub mesh_id: Option<String>,
+    /// What `istioctl proxy-status` shows as VERSION: `ISTIO_VERSION` metadata, else the
+    /// node's user agent and version (`envoy/1.40.0`, `mesh-proxy/0.1.0`).
+    pub version: Option<String>,
     /// `INTERCEPTION_MODE` (`REDIRECT`, `TPROXY`, `NONE`); default `REDIRECT`.
     pub interception_mode: InterceptionMode,
     /// The DNS domain from the node id (`default.svc.cluster.local`).
@@ -185,6 +188,7 @@ impl Proxy {
             workload_name: None,
             cluster_id: "Kubernetes".to_string(),
             mesh_id: None,
+            version: None,
             interception_mode: InterceptionMode::Redirect,
             dns_domain: format!("{namespace}.svc.cluster.local"),
             metadata: serde_json::Value::Object(Default::default()),

@@ -126,10 +126,31 @@ pub(super) fn from_node(node: &Node) -> Result<Proxy, ModelError> {
         workload_name: meta_str("WORKLOAD_NAME"),
         cluster_id: meta_str("CLUSTER_ID").unwrap_or_else(|| "Kubernetes".to_string()),
         mesh_id: meta_str("MESH_ID"),
+        version: meta_str("ISTIO_VERSION").or_else(|| agent_version(node)),
         interception_mode,
         dns_domain,
         metadata,
         id,
+    })
+}
+
+/// `name/version` from the node's user agent fields.
+fn agent_version(node: &Node) -> Option<String> {
+    use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+    let version = match node.user_agent_version_type.as_ref()? {
+        UserAgentVersionType::UserAgentVersion(v) => v.clone(),
+        UserAgentVersionType::UserAgentBuildVersion(b) => {
+            let v = b.version.as_ref()?;
+            format!("{}.{}.{}", v.major_number, v.minor_number, v.patch)
+        }
+    };
+    if version.is_empty() {
+        return None;
+    }
+    Some(if node.user_agent_name.is_empty() {
+        version
+    } else {
+        format!("{}/{version}", node.user_agent_name)
     })
 }
 
@@ -244,6 +265,43 @@ mod tests {
         assert_eq!(p.interception_mode, InterceptionMode::Tproxy);
         assert_eq!(p.cluster_id, "c1");
         assert_eq!(p.metadata["SERVICE_ACCOUNT"], "bookinfo-reviews");
+    }
+
+    #[test]
+    fn version_from_istio_metadata_else_the_user_agent() {
+        use envoy_types::pb::envoy::config::core::v3::{BuildVersion, node::UserAgentVersionType};
+        use envoy_types::pb::envoy::r#type::v3::SemanticVersion;
+        let id = "sidecar~10.0.0.1~x.default~default.svc.cluster.local";
+        assert_eq!(
+            Proxy::from_node(&node(id, &[])).expect("valid").version,
+            None
+        );
+        let mut n = node(id, &[]);
+        n.user_agent_name = "envoy".into();
+        n.user_agent_version_type =
+            Some(UserAgentVersionType::UserAgentBuildVersion(BuildVersion {
+                version: Some(SemanticVersion {
+                    major_number: 1,
+                    minor_number: 40,
+                    patch: 0,
+                }),
+                metadata: None,
+            }));
+        assert_eq!(
+            Proxy::from_node(&n).expect("valid").version.as_deref(),
+            Some("envoy/1.40.0")
+        );
+        n.user_agent_name = "mesh-proxy".into();
+        n.user_agent_version_type = Some(UserAgentVersionType::UserAgentVersion("0.1.0".into()));
+        assert_eq!(
+            Proxy::from_node(&n).expect("valid").version.as_deref(),
+            Some("mesh-proxy/0.1.0")
+        );
+        let n = node(id, &[("ISTIO_VERSION", s("1.24.0"))]);
+        assert_eq!(
+            Proxy::from_node(&n).expect("valid").version.as_deref(),
+            Some("1.24.0")
+        );
     }
 
     #[test]

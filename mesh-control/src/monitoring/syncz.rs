@@ -19,6 +19,10 @@ pub struct ProxySync {
     /// `<pod>.<namespace>`, the name `istioctl` shows.
     pub name: String,
     pub connection: String,
+    /// The proxy's cluster (`CLUSTER_ID`), the CLUSTER column of `istioctl proxy-status`.
+    pub cluster_id: String,
+    /// The proxy's version (`ISTIO_VERSION`, else its user agent), the VERSION column.
+    pub version: Option<String>,
     pub kind: ProxyKind,
     pub protocol: Protocol,
     pub peer: Option<String>,
@@ -64,6 +68,8 @@ fn proxy_sync(conn: &Connection) -> ProxySync {
         proxy: conn.proxy.id.clone(),
         name: format!("{}.{}", conn.proxy.pod_name, conn.proxy.namespace),
         connection: conn.name.clone(),
+        cluster_id: conn.proxy.cluster_id.clone(),
+        version: conn.proxy.version.clone(),
         kind: conn.proxy.kind,
         protocol: conn.protocol,
         peer: conn.peer.map(|p| p.to_string()),
