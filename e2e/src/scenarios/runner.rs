@@ -160,6 +160,16 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A summary line keeps this much of the error; the full message is printed above it.
+const SUMMARY_ERROR_CHARS: usize = 240;
+
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((at, _)) => format!("{}... (full message above)", &s[..at]),
+    }
+}
+
 /// The summary table; returns whether every scenario passed.
 pub fn summary(outcomes: &[Outcome], wall: Duration) -> (String, bool) {
     let passed = outcomes.iter().filter(|o| o.passed).count();
@@ -175,6 +185,7 @@ pub fn summary(outcomes: &[Outcome], wall: Duration) -> (String, bool) {
             .as_deref()
             .and_then(|e| e.lines().next())
             .unwrap_or("");
+        let first = clip(first, SUMMARY_ERROR_CHARS);
         out.push_str(&format!(
             "  {}  {:<width$}  {:>5.1} s  {}\n",
             if o.passed { "PASS" } else { "FAIL" },
@@ -213,6 +224,15 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("more"));
+        let long = Outcome {
+            name: "fault",
+            passed: false,
+            duration: Duration::from_millis(1500),
+            error: Some("é".repeat(1000)),
+        };
+        let (text, _) = summary(&[long], Duration::from_secs(1));
+        assert!(text.len() < 600, "{text}");
+        assert!(text.contains("... (full message above)"), "{text}");
         assert!(summary(&[o("canary", true)], Duration::ZERO).1);
         assert!(
             !summary(&[], Duration::ZERO).1,
