@@ -13,7 +13,8 @@ use super::{Build, cargo, cargo_bench};
 
 /// Bench targets that are not criterion benches (they have their own harness and report
 /// section). A new non-criterion bench must be added here.
-const NOT_CRITERION: [&str; 2] = ["control_plane", "data_plane"];
+/// (`http_resilience` runs in the smoke on its own, see `super::smoke`.)
+pub const NOT_CRITERION: [&str; 3] = ["control_plane", "data_plane", "http_resilience"];
 
 /// A `[[bench]]` target.
 #[derive(Debug, Clone)]

@@ -102,6 +102,17 @@ pub fn smoke(root: &Path) -> Result<()> {
     let micro = micro::run(root, Build::Dev, true, Some(&dir.join("criterion")))?;
     micro.check_numbers().context("bench smoke: micro")?;
     report.put(micro);
+    // Its own harness (open-loop rounds and a memory probe): one short round must finish.
+    let args = ["--secs", "1", "--rounds", "1"].map(String::from);
+    cargo_bench(
+        root,
+        Build::Dev,
+        "mesh-proxy",
+        "http_resilience",
+        &args,
+        None,
+    )
+    .context("bench smoke: http_resilience")?;
     // The data plane needs root (namespaces, iptables); CI runs as root.
     if crate::is_root() {
         let data = data::run(root, Build::Dev, &dir, &["--quick".to_string()])?;
