@@ -1,7 +1,7 @@
 //! A whole proxy in-process, fed by the test ADS server over real gRPC, with real TCP
 //! upstreams: config application (delta and SotW), NACK naming the field while the old
 //! config keeps serving, reconnects, EDS warming, in-place listener updates that keep
-//! connections, drain on removal, and the admin endpoints reflecting all of it.
+//! the connections of unchanged chains and drain those of changed ones, drain on removal, and the admin endpoints reflecting all of it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -261,18 +261,34 @@ async fn sotw_eds_warming() {
 }
 
 #[tokio::test]
-async fn listener_update_keeps_open_connections() {
-    let (xds, proxy, _up, port) = tcp_setup(false).await;
+async fn listener_update_drains_only_changed_chains() {
+    let (xds, proxy, up, port) = tcp_setup(false).await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let (mut old, tag) = greet(addr).await.unwrap();
     assert_eq!(tag, "a");
-    // Same listener name and address, new cluster: updated in place.
+
+    // An in-place update that leaves the chain byte for byte: its connection stays.
+    let mut same_chain = tcp_listener("tcp", port, "a");
+    same_chain["statPrefix"] = json!("renamed");
+    set(&xds, LDS, vec![same_chain]);
+    assert!(xds.wait_for_ack(LDS, WAIT).await.is_some());
+    // Well past the drain duration (800ms).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(roundtrip(&mut old, b"alive").await.unwrap(), b"alive");
+    let stats = proxy.rt.stats.encode_prometheus();
+    assert!(
+        stats.contains("envoy_listener_manager_total_filter_chains_draining 0"),
+        "{stats}"
+    );
+
+    // A new cluster in the chain: new connections use it at once, and the old
+    // connection drains and is closed when the drain duration ends, as in Envoy.
     let b = echo("b").await;
     set(
         &xds,
         CDS,
         vec![
-            static_cluster("a", &[_up.addr]),
+            static_cluster("a", &[up.addr]),
             static_cluster("b", &[b.addr]),
         ],
     );
@@ -281,15 +297,16 @@ async fn listener_update_keeps_open_connections() {
         greet(addr).await.ok().map(|(_, t)| t).filter(|t| t == "b")
     })
     .await;
-    // Well past the drain duration, the old connection still works (Envoy would have
-    // drained and closed it).
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(roundtrip(&mut old, b"alive").await.unwrap(), b"alive");
-    let stats = proxy.rt.stats.encode_prometheus();
-    assert!(
-        stats.contains("envoy_listener_manager_total_listeners_draining 0"),
-        "{stats}"
-    );
+    assert_eq!(roundtrip(&mut old, b"draining").await.unwrap(), b"draining");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), old.read(&mut buf))
+        .await
+        .expect("closed when the chain's drain ends")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let (mut new, tag) = greet(addr).await.unwrap();
+    assert_eq!(tag, "b");
+    assert_eq!(roundtrip(&mut new, b"new").await.unwrap(), b"new");
     proxy.shutdown().await;
 }
 

@@ -238,6 +238,8 @@ pub fn envoy_bootstrap(spec: &PodSpec, xds: &str) -> Result<String> {
     Ok(v.to_string())
 }
 
+const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
 /// nginx as one side of a sidecar pair. nginx proxies HTTP/2 only as gRPC: the h2c
 /// workload arrives as HTTP/2 and leaves the client side as HTTP/1.1 (keep-alive).
 pub fn nginx_conf(dir: &Path, w: Workload, side: Side, port: u16, upstream: &str) -> String {
@@ -246,8 +248,14 @@ pub fn nginx_conf(dir: &Path, w: Workload, side: Side, port: u16, upstream: &str
         "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log stderr warn;\nevents {{ worker_connections 4096; }}\n"
     );
     if w == Workload::Tcp {
+        // Debian builds the stream module as a dynamic module (libnginx-mod-stream).
+        let load = if Path::new(STREAM_MODULE).is_file() {
+            format!("load_module {STREAM_MODULE};\n")
+        } else {
+            String::new()
+        };
         return format!(
-            "{head}stream {{\n  upstream up {{ server {upstream}; }}\n  server {{ listen {port}; proxy_pass up; }}\n}}\n"
+            "{load}{head}stream {{\n  upstream up {{ server {upstream}; }}\n  server {{ listen {port}; proxy_pass up; }}\n}}\n"
         );
     }
     // The server side of the h2c pair receives HTTP/1.1 from the client side.

@@ -3,7 +3,8 @@
 //! (the example of Istio's "Enabling Rate Limits using Envoy" task) with a bucket of 10
 //! tokens refilled with 10 every second. A burst of 30 requests gets 10 through (20 when
 //! the burst straddles a refill) and 429 for the excess, logged with flag `RL`; the
-//! bucket refills within a second.
+//! bucket refills within a second; deleting the EnvoyFilter lifts the limit, also on the
+//! connections the sleep's proxy pooled while it was in force.
 
 use std::time::{Duration, Instant};
 
@@ -90,7 +91,7 @@ pub fn run(env: &Env<'_>) -> Result<()> {
     loop {
         let r = env.from_sleep(ClientArgs::get("http://backend:8080/"))?;
         if r.ok == 1 {
-            return Ok(());
+            break;
         }
         if Instant::now() >= deadline {
             bail!(
@@ -100,4 +101,18 @@ pub fn run(env: &Env<'_>) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // The sleep's proxy pools its connections to the backend's proxy: those opened under
+    // the filter must drain when it goes, not keep limiting for as long as they live.
+    env.step("the EnvoyFilter is deleted: no limit, on pooled connections too");
+    env.delete(CONFIG)?;
+    let r = env.from_sleep(
+        ClientArgs::get(format!("http://backend:8080/?key={}", env.key("unlimited"))).requests(n),
+    )?;
+    ensure!(
+        r.ok == n,
+        "after the EnvoyFilter is deleted every request passes: {}",
+        brief(&r)
+    );
+    Ok(())
 }

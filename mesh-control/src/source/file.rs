@@ -134,6 +134,7 @@ impl FileSource {
         files.sort();
         let mut applied = self.applied.lock();
         let mut seen = BTreeMap::new();
+        let mut changed = Vec::new();
         for path in files {
             let origin = path.display().to_string();
             let text = match std::fs::read(&path) {
@@ -152,8 +153,7 @@ impl FileSource {
             text.hash(&mut hasher);
             let hash = hasher.finish();
             if applied.get(&origin) != Some(&hash) {
-                let issues = self.store.apply_text(&origin, &text);
-                tracing::debug!(component = "config", file = %origin, issues = issues.len(), "applied config file");
+                changed.push((origin.clone(), text));
             }
             seen.insert(origin, hash);
         }
@@ -168,9 +168,19 @@ impl FileSource {
         gone.extend(self.store.origins().into_iter().filter(|o| {
             o.starts_with(&prefix) && !seen.contains_key(o) && !applied.contains_key(o)
         }));
-        for origin in gone {
+        for origin in &gone {
             tracing::info!(component = "config", file = %origin, "config file removed");
-            self.store.remove_origin(&origin);
+        }
+        // One snapshot for the whole rescan: a reader never sees half of a change that was
+        // written as several files.
+        let issues = self.store.apply_batch(&changed, &gone);
+        if !changed.is_empty() {
+            tracing::debug!(
+                component = "config",
+                files = changed.len(),
+                issues = issues.len(),
+                "applied config files"
+            );
         }
         *applied = seen;
         Ok(())

@@ -160,6 +160,51 @@ impl Store {
         self.publish(&state, changes, origin);
     }
 
+    /// Applies several origins' changes as one snapshot: a directory rescan that finds
+    /// ten changed files publishes one version with all ten, never a version holding some
+    /// of them (a reader of that version would see a config nobody wrote), and rebuilds
+    /// the snapshot once instead of ten times. `texts` replace what their origins define,
+    /// `removed` origins are forgotten. Returns the problems found in `texts`.
+    pub fn apply_batch(&self, texts: &[(String, String)], removed: &[String]) -> Vec<ConfigIssue> {
+        if texts.is_empty() && removed.is_empty() {
+            return Vec::new();
+        }
+        let parsed: Vec<(&str, Vec<Doc>)> = texts
+            .iter()
+            .map(|(origin, text)| (origin.as_str(), parse_docs(origin, text)))
+            .collect();
+        let mut state = self.state.lock();
+        let mut changes = Changes::default();
+        for (origin, docs) in parsed {
+            changes.keys.extend(state.apply(origin, docs).keys);
+        }
+        for origin in removed {
+            changes.keys.extend(state.remove(origin).keys);
+        }
+        let issues: Vec<ConfigIssue> = state
+            .issues()
+            .into_iter()
+            .filter(|i| {
+                texts.iter().any(|(o, _)| {
+                    i.origin == *o
+                        || i.origin
+                            .strip_prefix(o.as_str())
+                            .is_some_and(|rest| rest.starts_with(':'))
+                })
+            })
+            .collect();
+        let reason = match (texts.first(), removed.first()) {
+            _ if texts.len() + removed.len() > 1 => {
+                format!("{} files changed, {} removed", texts.len(), removed.len())
+            }
+            (Some((o, _)), _) => o.clone(),
+            (None, Some(o)) => o.clone(),
+            (None, None) => unreachable!("checked above"),
+        };
+        self.publish(&state, changes, &reason);
+        issues
+    }
+
     /// Every origin the store has documents from.
     pub fn origins(&self) -> Vec<String> {
         self.state.lock().origins().map(str::to_string).collect()

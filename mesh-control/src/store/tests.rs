@@ -184,3 +184,40 @@ endpoints:
     );
     assert!(events.try_recv().is_err());
 }
+
+#[test]
+fn a_batch_publishes_one_version_holding_every_file() {
+    let store = Store::new();
+    store.apply_text("old.yaml", VS_GOOD);
+    let mut events = store.subscribe();
+    let before = store.snapshot().version();
+    let issues = store.apply_batch(
+        &[
+            ("a.yaml".to_string(), SERVICE.to_string()),
+            ("b.yaml".to_string(), VS_BAD_FIELD.to_string()),
+        ],
+        &["old.yaml".to_string()],
+    );
+    let snap = store.snapshot();
+    assert_eq!(
+        snap.version(),
+        before + 1,
+        "one version for the whole batch"
+    );
+    assert_eq!(snap.config().services.len(), 1);
+    assert!(
+        vs_names(&store).is_empty(),
+        "old.yaml's VS is gone, b.yaml's is bad"
+    );
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert!(issues[0].origin.starts_with("b.yaml:"), "{issues:?}");
+    let event = events.try_recv().expect("one event");
+    assert!(
+        event.reason.starts_with("2 files changed, 1 removed: "),
+        "{}",
+        event.reason
+    );
+    assert!(events.try_recv().is_err(), "and only one");
+    assert!(store.apply_batch(&[], &[]).is_empty());
+    assert_eq!(store.snapshot().version(), before + 1);
+}

@@ -295,6 +295,10 @@ pub(super) fn stats(
         server.total_listeners_draining.get(),
     ));
     out.push((
+        "listener_manager.total_filter_chains_draining".into(),
+        server.total_filter_chains_draining.get(),
+    ));
+    out.push((
         "cluster_manager.active_clusters".into(),
         server.active_clusters.get(),
     ));

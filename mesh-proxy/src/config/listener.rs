@@ -88,6 +88,8 @@ pub struct FilterChain {
     pub name: Arc<str>,
     pub filter_chain_match: ChainMatch,
     pub terminal: Terminal,
+    /// Equal for byte-identical chains (see [`Listener::fingerprint_chains`]); 0 until set.
+    pub fingerprint: u64,
 }
 
 /// The terminal network filter of a chain.
@@ -98,6 +100,24 @@ pub enum Terminal {
 }
 
 impl Listener {
+    /// Fingerprints the chains of a listener converted from `encoded` (its bytes as
+    /// received), so an in-place update drains only the connections of changed chains.
+    pub fn fingerprint_chains(&mut self, encoded: &[u8]) -> Result<()> {
+        let (chains, default) = fingerprint::chain_fingerprints(encoded)
+            .map_err(|e| ConfigError::field("filter_chains", format!("cannot decode: {e}")))?;
+        for (chain, fp) in self.filter_chains.iter_mut().zip(chains) {
+            if let Some(c) = Arc::get_mut(chain) {
+                c.fingerprint = fp;
+            }
+        }
+        if let (Some(chain), Some(fp)) = (self.default_filter_chain.as_mut(), default)
+            && let Some(c) = Arc::get_mut(chain)
+        {
+            c.fingerprint = fp;
+        }
+        Ok(())
+    }
+
     /// Whether two versions can share one bound socket (then the listener is updated in
     /// place and its connections keep running).
     pub fn same_socket(&self, other: &Listener) -> bool {
@@ -350,6 +370,7 @@ fn filter_chain(fc: &lpb::FilterChain, rds_names: &mut Vec<Arc<str>>) -> Result<
         name: fc.name.as_str().into(),
         filter_chain_match,
         terminal,
+        fingerprint: 0,
     })
 }
 
@@ -495,6 +516,8 @@ fn chain_match(m: &lpb::FilterChainMatch) -> Result<ChainMatch> {
         source_ports,
     })
 }
+
+mod fingerprint;
 
 #[cfg(test)]
 mod tests;

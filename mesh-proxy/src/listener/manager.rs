@@ -2,8 +2,12 @@
 //! reconciles with each new set of listeners from xDS.
 //!
 //! - A listener that stays (same name and socket) is updated **in place**: the accept
-//!   loop reads the newest config for each new connection, and existing connections keep
-//!   running on the config they started with (Envoy drains and resets them instead).
+//!   loop reads the newest config for each new connection; connections of a filter chain
+//!   that is still there, byte for byte, keep running, and those of a chain that changed
+//!   or went away drain (HTTP: `Connection: close` / GOAWAY) for `drain_duration`, then
+//!   close, as Envoy's in-place filter chain update does. Without that a pooled
+//!   sidecar-to-sidecar connection would keep a removed filter (an AuthorizationPolicy, a
+//!   rate limit) in force for as long as it lives.
 //! - A removed listener (or one whose address changed) stops accepting at once and
 //!   drains its connections for `drain_duration`, then force-closes what is left.
 //! - `use_original_dst` listeners hand a redirected connection to the listener bound to
@@ -56,6 +60,18 @@ pub struct ListenerHandle {
     stop_accepting: CancellationToken,
     /// The addresses actually bound (port 0 resolved).
     bound: Vec<SocketAddr>,
+    /// The drain of each filter chain's connections, by chain fingerprint. Also the lock
+    /// that orders config updates with connections picking their chain.
+    chains: Mutex<HashMap<u64, ChainDrain>>,
+}
+
+/// The connections of one filter chain of a listener.
+#[derive(Debug)]
+struct ChainDrain {
+    trigger: drain::Trigger,
+    watch: drain::Watch,
+    /// Cancelled when the chain's drain deadline passes.
+    force: CancellationToken,
 }
 
 impl ListenerHandle {
@@ -65,6 +81,83 @@ impl ListenerHandle {
 
     pub fn bound_addresses(&self) -> &[SocketAddr] {
         &self.bound
+    }
+
+    /// The chain for a connection matched against `cfg`, and its drain watch and force
+    /// token. Re-matches against the newest config if an update landed since `cfg` was
+    /// read, so no connection joins a chain that has already been told to drain.
+    fn join_chain(
+        &self,
+        mut cfg: Arc<Listener>,
+        input: &MatchInput<'_>,
+    ) -> Option<(Arc<FilterChain>, drain::Watch, CancellationToken)> {
+        let mut chains = self.chains.lock();
+        let current = self.config.load_full();
+        if !Arc::ptr_eq(&cfg, &current) {
+            cfg = current;
+        }
+        let chain = match cfg.matcher.find(input) {
+            Some(i) => cfg.filter_chains[i].clone(),
+            None => match &cfg.default_filter_chain {
+                Some(c) => c.clone(),
+                None => {
+                    debug!(peer = %input.source, destination = %input.destination, listener = %cfg.name, "no filter chain matched; closing");
+                    self.stats.no_filter_chain_match.inc();
+                    return None;
+                }
+            },
+        };
+        let d = chains.entry(chain.fingerprint).or_insert_with(|| {
+            let (trigger, watch) = self.rt.drain.child();
+            ChainDrain {
+                trigger,
+                watch,
+                force: CancellationToken::new(),
+            }
+        });
+        Some((chain, d.watch.clone(), d.force.clone()))
+    }
+
+    /// Installs `new` in place and drains the connections of chains it no longer has.
+    fn update(&self, new: Arc<Listener>, deadline: Duration) {
+        let mut chains = self.chains.lock();
+        let keep: std::collections::HashSet<u64> = new
+            .filter_chains
+            .iter()
+            .chain(new.default_filter_chain.iter())
+            .map(|c| c.fingerprint)
+            .collect();
+        let name = new.name.clone();
+        self.config.store(new);
+        let stale: Vec<u64> = chains
+            .keys()
+            .filter(|k| !keep.contains(k))
+            .copied()
+            .collect();
+        for fp in stale {
+            let Some(ChainDrain {
+                trigger,
+                watch,
+                force,
+            }) = chains.remove(&fp)
+            else {
+                continue;
+            };
+            drop(watch);
+            let name = name.clone();
+            let listener_stats = self.stats.clone();
+            let server = self.rt.stats.clone();
+            server.server.total_filter_chains_draining.inc();
+            debug!(listener = %name, chain = fp, "filter chain changed; draining its connections");
+            tokio::spawn(async move {
+                if !trigger.drain_for(deadline).await {
+                    info!(listener = %name, "drain deadline reached; closing the connections of a changed filter chain");
+                    force.cancel();
+                    listener_stats.downstream_cx_drained.inc();
+                }
+                server.server.total_filter_chains_draining.dec();
+            });
+        }
     }
 }
 
@@ -134,7 +227,7 @@ impl Manager {
                 Some(a) => {
                     if !Arc::ptr_eq(&a.handle.config.load_full(), new) {
                         debug!(listener = %name, "listener updated in place");
-                        a.handle.config.store(new.clone());
+                        a.handle.update(new.clone(), self.inner.drain_duration);
                     }
                 }
                 None => match self.start(new.clone()) {
@@ -193,6 +286,7 @@ impl Manager {
             force: CancellationToken::new(),
             stop_accepting: CancellationToken::new(),
             bound,
+            chains: Mutex::new(HashMap::new()),
         });
         for socket in sockets {
             let handle = handle.clone();
@@ -355,6 +449,9 @@ struct Prepared {
     io: Io,
     conn: ConnInfo,
     chain: Arc<FilterChain>,
+    /// The chain's drain (a child of the listener's) and its deadline.
+    drain: drain::Watch,
+    chain_force: CancellationToken,
     /// The owning listener (after any hand-off).
     handle: Arc<ListenerHandle>,
     _count: ActiveConn,
@@ -366,10 +463,12 @@ impl Prepared {
             io,
             conn,
             chain,
+            drain,
+            chain_force,
             handle,
             _count,
         } = self;
-        let rt = handle.rt.clone();
+        let rt = handle.rt.with_drain(drain);
         let serve = async move {
             match &chain.terminal {
                 Terminal::TcpProxy(t) => crate::tcp::proxy(io, conn, t.clone(), rt).await,
@@ -381,6 +480,7 @@ impl Prepared {
             _ = handle.force.cancelled() => {
                 handle.stats.downstream_cx_drained.inc();
             }
+            _ = chain_force.cancelled() => {}
         }
     }
 }
@@ -447,17 +547,7 @@ async fn prepare(
         transport_protocol: sniffed.transport_protocol.as_str(),
         application_protocols: &sniffed.application_protocols,
     };
-    let chain: Arc<FilterChain> = match cfg.matcher.find(&input) {
-        Some(i) => cfg.filter_chains[i].clone(),
-        None => match &cfg.default_filter_chain {
-            Some(c) => c.clone(),
-            None => {
-                debug!(%peer, %destination, listener = %cfg.name, "no filter chain matched; closing");
-                handle.stats.no_filter_chain_match.inc();
-                return None;
-            }
-        },
-    };
+    let (chain, drain, chain_force) = handle.join_chain(cfg.clone(), &input)?;
     let conn = ConnInfo {
         id,
         listener: cfg.name.clone(),
@@ -478,6 +568,8 @@ async fn prepare(
         io,
         conn,
         chain,
+        drain,
+        chain_force,
         handle,
         _count: count,
     })

@@ -273,6 +273,8 @@ pub struct ServerStats {
     pub total_listeners_active: Gauge,
     pub total_listeners_warming: Gauge,
     pub total_listeners_draining: Gauge,
+    /// Filter chains replaced by an in-place listener update whose connections drain.
+    pub total_filter_chains_draining: Gauge,
     pub active_clusters: Gauge,
     pub warming_clusters: Gauge,
     pub connections_total: Counter<u64, AtomicU64>,
@@ -333,6 +335,11 @@ impl Stats {
                 "listener_manager_total_listeners_draining",
                 "removed listeners still draining",
                 s.total_listeners_draining.clone(),
+            );
+            envoy.register(
+                "listener_manager_total_filter_chains_draining",
+                "filter chains of in-place listener updates still draining",
+                s.total_filter_chains_draining.clone(),
             );
             envoy.register(
                 "cluster_manager_active_clusters",

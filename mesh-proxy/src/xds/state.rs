@@ -425,7 +425,9 @@ impl Applier {
                 .map_err(|e| ConfigError::field("", format!("cannot decode Listener: {e}")))
                 .and_then(|pb| {
                     check_name(&inc.name, &pb.name)?;
-                    Listener::try_from(&pb)
+                    let mut l = Listener::try_from(&pb)?;
+                    l.fingerprint_chains(&inc.resource.value)?;
+                    Ok(l)
                 });
             let l = match decoded {
                 Ok(l) => Arc::new(l),
