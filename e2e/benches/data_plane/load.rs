@@ -92,12 +92,14 @@ impl Conn {
         match self {
             Conn::Http1(send, authority) => {
                 send.ready().await?;
-                let resp = send.send_request(get(authority)?).await?;
+                let resp = send.send_request(get(authority, true)?).await?;
                 check_http(resp).await
             }
             Conn::H2(send, authority) => {
                 send.ready().await?;
-                let resp = send.send_request(get(authority)?).await?;
+                // HTTP/2 carries the authority in `:authority` (from the URI); a `host`
+                // header as well is a duplicate that nginx answers with 400.
+                let resp = send.send_request(get(authority, false)?).await?;
                 check_http(resp).await
             }
             Conn::Grpc(grpc) => {
@@ -127,10 +129,12 @@ impl Conn {
     }
 }
 
-fn get(authority: &str) -> Result<Request<Empty<Bytes>>> {
-    Ok(Request::get(format!("http://{authority}/bench"))
-        .header(http::header::HOST, authority)
-        .body(Empty::new())?)
+fn get(authority: &str, host_header: bool) -> Result<Request<Empty<Bytes>>> {
+    let mut req = Request::get(format!("http://{authority}/bench"));
+    if host_header {
+        req = req.header(http::header::HOST, authority);
+    }
+    Ok(req.body(Empty::new())?)
 }
 
 async fn check_http(resp: http::Response<hyper::body::Incoming>) -> Result<()> {

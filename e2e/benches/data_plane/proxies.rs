@@ -263,7 +263,7 @@ pub fn nginx_conf(dir: &Path, w: Workload, side: Side, port: u16, upstream: &str
     let location = if w == Workload::Grpc {
         "grpc_pass grpc://up;".to_string()
     } else {
-        "proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $http_host;".to_string()
+        "proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host;".to_string()
     };
     format!(
         "{head}http {{
