@@ -234,7 +234,13 @@ fn bench(mut a: BenchArgs) -> Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = !a.no_pin && cpus >= 2;
     let loadgen_cpus = pin.then(|| "0".to_string());
-    let proxy_cpus = pin.then(|| format!("1-{}", cpus - 1));
+    let proxy_cpus = pin.then(|| {
+        if cpus == 2 {
+            "1".to_string()
+        } else {
+            format!("1-{}", cpus - 1)
+        }
+    });
 
     let topo = topology::build(&topology::Options {
         kinds: kinds.clone(),

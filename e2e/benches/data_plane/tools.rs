@@ -29,7 +29,8 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// `<tool> --version`'s first line.
+/// `<tool> --version`'s first non-empty line (Envoy prints an empty one first, then
+/// `<path>  version: <sha>/<version>/...`, shortened to what follows `version: `).
 pub fn version(bin: &Path) -> Option<String> {
     let out = std::process::Command::new(bin)
         .arg("--version")
@@ -42,8 +43,12 @@ pub fn version(bin: &Path) -> Option<String> {
     };
     String::from_utf8_lossy(&text)
         .lines()
-        .next()
-        .map(|l| l.trim().to_string())
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| match l.split_once(" version: ") {
+            Some((_, v)) => v.trim().to_string(),
+            None => l.to_string(),
+        })
 }
 
 /// oha's arguments: `rate` None is its maximum rate.

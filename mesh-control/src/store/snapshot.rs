@@ -1,7 +1,9 @@
 //! The immutable snapshot: every resource in force, typed; the registry; the routing index;
 //! every current problem.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
+
+use parking_lot::Mutex;
 
 use mesh_api::document::{Kind, Resource};
 use mesh_api::mesh_config::{CONFIG_MAP_NAME, MeshConfig};
@@ -33,7 +35,17 @@ pub struct Snapshot {
     index: Arc<MeshIndex>,
     stored: Vec<StoredResource>,
     issues: Vec<ConfigIssue>,
+    /// What [`Snapshot::endpoint_changes_since`] found, by the older version: every proxy
+    /// of an endpoints-only push asks the same question of the same pair of snapshots.
+    endpoint_changes: Mutex<Vec<(u64, EndpointChanges)>>,
 }
+
+/// The hostnames whose endpoints changed between two snapshots, or `None` when more than
+/// endpoints changed.
+pub type EndpointChanges = Option<Arc<HashSet<String>>>;
+
+/// Older versions remembered per snapshot: pushes in flight start from a few at most.
+const ENDPOINT_CHANGES_KEPT: usize = 4;
 
 impl Default for Snapshot {
     fn default() -> Self {
@@ -130,7 +142,36 @@ impl Snapshot {
             index: Arc::new(index),
             stored,
             issues,
+            endpoint_changes: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The endpoint changes from `older` to this snapshot, computed by `compute` once per
+    /// pair (it compares every service's endpoints, which is far more work than one proxy's
+    /// share of a push).
+    pub fn endpoint_changes_since(
+        &self,
+        older: u64,
+        compute: impl FnOnce() -> EndpointChanges,
+    ) -> EndpointChanges {
+        if let Some((_, c)) = self
+            .endpoint_changes
+            .lock()
+            .iter()
+            .find(|(v, _)| *v == older)
+        {
+            return c.clone();
+        }
+        // Computed outside the lock; two racing pushes may both compute it, harmlessly.
+        let changes = compute();
+        let mut memo = self.endpoint_changes.lock();
+        if !memo.iter().any(|(v, _)| *v == older) {
+            if memo.len() >= ENDPOINT_CHANGES_KEPT {
+                memo.remove(0);
+            }
+            memo.push((older, changes.clone()));
+        }
+        changes
     }
 
     /// Increases by one with every published change.

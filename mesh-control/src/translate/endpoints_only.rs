@@ -12,7 +12,7 @@
 //! their load assignments ([`changed_endpoint_hosts`], [`generate_endpoints_for`]) and keeps
 //! the rest, as istiod's incremental EDS push does.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use super::{Ctx, Named, Scope, endpoint, resolve_proxy, sorted};
 use crate::model::Proxy;
@@ -31,12 +31,9 @@ pub fn generate_endpoints_for(
     hosts: Option<&HashSet<String>>,
 ) -> Vec<Named> {
     let (proxy, workload) = resolve_proxy(snapshot, proxy);
-    let mut scope = Scope::build(snapshot, &proxy);
-    if let Some(hosts) = hosts {
-        // Endpoint generation reads only `scope.services` (it never looks services up by
-        // host), so narrowing the list narrows the output and nothing else.
-        scope.services.retain(|s| hosts.contains(&s.hostname));
-    }
+    // Endpoint generation reads only `scope.services` (it never looks services up by
+    // host), so narrowing the list to `hosts` narrows the output and nothing else.
+    let scope = Scope::for_endpoints(snapshot, &proxy, hosts);
     let ctx = Ctx {
         snapshot,
         proxy,
@@ -73,8 +70,13 @@ pub fn endpoints_class(snapshot: &Snapshot, proxy: &Proxy) -> String {
 }
 
 /// The hostnames whose endpoints differ between `old` and `new`, or `None` when the
-/// services themselves differ (then any proxy's endpoints may have changed).
-pub fn changed_endpoint_hosts(old: &Snapshot, new: &Snapshot) -> Option<HashSet<String>> {
+/// services themselves differ (then any proxy's endpoints may have changed). Computed once
+/// per pair of snapshots and shared by every proxy of the push.
+pub fn changed_endpoint_hosts(old: &Snapshot, new: &Snapshot) -> Option<Arc<HashSet<String>>> {
+    new.endpoint_changes_since(old.version(), || compare_endpoints(old, new).map(Arc::new))
+}
+
+fn compare_endpoints(old: &Snapshot, new: &Snapshot) -> Option<HashSet<String>> {
     let (before, after) = (old.registry(), new.registry());
     if before.services().len() != after.services().len() {
         return None;

@@ -63,6 +63,26 @@ pub struct Scope {
 
 impl Scope {
     pub fn build(snapshot: &Snapshot, proxy: &Proxy) -> Scope {
+        Scope::build_with(snapshot, proxy, None, true)
+    }
+
+    /// The scope endpoint generation needs: the visible services (only those named in
+    /// `hosts`, when given) without the VirtualServices, which endpoints never read. An
+    /// endpoints push builds this for every proxy, so it skips what it can.
+    pub fn for_endpoints(
+        snapshot: &Snapshot,
+        proxy: &Proxy,
+        hosts: Option<&HashSet<String>>,
+    ) -> Scope {
+        Scope::build_with(snapshot, proxy, hosts, false)
+    }
+
+    fn build_with(
+        snapshot: &Snapshot,
+        proxy: &Proxy,
+        hosts: Option<&HashSet<String>>,
+        with_virtual_services: bool,
+    ) -> Scope {
         let sidecar = select_sidecar(snapshot, &proxy.namespace, &proxy.labels);
         let imports: Vec<Import> = match &sidecar {
             Some(sc) if !sc.spec.egress.is_empty() => sc
@@ -81,6 +101,9 @@ impl Scope {
         let mut services: Vec<Arc<Service>> = Vec::new();
         let mut by_host: HashMap<String, usize> = HashMap::new();
         for svc in snapshot.registry().services() {
+            if hosts.is_some_and(|h| !h.contains(&svc.hostname)) {
+                continue;
+            }
             if !svc.visibility.visible_to(&proxy.namespace) {
                 continue;
             }
@@ -107,7 +130,12 @@ impl Scope {
 
         let mut claimed: HashSet<String> = HashSet::new();
         let mut mesh_virtual_services = Vec::new();
-        for vs in &snapshot.index().virtual_services {
+        let virtual_services = if with_virtual_services {
+            &snapshot.index().virtual_services[..]
+        } else {
+            &[]
+        };
+        for vs in virtual_services {
             if !vs.binds(MESH_GATEWAY) || !vs.visibility.visible_to(&proxy.namespace) {
                 continue;
             }

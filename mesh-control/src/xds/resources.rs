@@ -12,7 +12,7 @@
 //! keeps the control plane's memory proportional to the distinct config rather than to the
 //! number of proxies, and lets a push compare sets by pointer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 
 use envoy_types::pb::google::protobuf::Any;
@@ -175,7 +175,21 @@ impl ProxyResources {
 pub struct Interner {
     resources: Mutex<Table<Versioned>>,
     sets: Mutex<Table<TypeResources>>,
+    /// Recent [`Interner::replace`] results: an endpoints push makes the same replacement
+    /// in the same set for every proxy that shares it, and the copy is the costly part.
+    replaced: Mutex<VecDeque<Replaced>>,
 }
+
+/// One replacement, holding its inputs so their addresses cannot be reused while cached.
+#[derive(Debug)]
+struct Replaced {
+    set: Arc<TypeResources>,
+    changed: Vec<Arc<Versioned>>,
+    result: Arc<TypeResources>,
+}
+
+/// Replacements remembered (a push of one change touches a handful of distinct sets).
+const REPLACED_KEPT: usize = 16;
 
 /// Weak entries by a 64-bit key; collisions are resolved by comparing content.
 #[derive(Debug)]
@@ -304,11 +318,32 @@ impl Interner {
         }) {
             return set.clone();
         }
+        let same_inputs = |r: &Replaced| {
+            Arc::ptr_eq(&r.set, set)
+                && r.changed.len() == changed.len()
+                && r.changed
+                    .iter()
+                    .zip(changed)
+                    .all(|(a, b)| Arc::ptr_eq(a, b))
+        };
+        if let Some(r) = self.replaced.lock().iter().find(|r| same_inputs(r)) {
+            return r.result.clone();
+        }
         let mut items = set.items.clone();
         for v in changed {
             items.insert(v.name.clone(), v.clone());
         }
-        self.intern_set(ty, items)
+        let result = self.intern_set(ty, items);
+        let mut replaced = self.replaced.lock();
+        if replaced.len() >= REPLACED_KEPT {
+            replaced.pop_front();
+        }
+        replaced.push_back(Replaced {
+            set: set.clone(),
+            changed: changed.to_vec(),
+            result: result.clone(),
+        });
+        result
     }
 
     fn intern_set(

@@ -13,13 +13,25 @@ use super::types::XdsType;
 pub const WILDCARD: &str = "*";
 
 /// One type's subscription on one stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Subscription {
     wildcard: bool,
     /// True while the client has never named a resource of this type on this stream.
     legacy: bool,
     names: BTreeSet<String>,
+    /// A hash of the last SotW `resource_names` list applied, in order: every ACK repeats
+    /// the list, and comparing a hash is much cheaper than looking up thousands of names.
+    /// (A 64-bit collision between two different lists is the accepted risk.)
+    sotw_list: Option<u64>,
 }
+
+impl PartialEq for Subscription {
+    fn eq(&self, other: &Self) -> bool {
+        self.wildcard == other.wildcard && self.legacy == other.legacy && self.names == other.names
+    }
+}
+
+impl Eq for Subscription {}
 
 impl Subscription {
     /// A wildcard subscription (tests, and the legacy first request).
@@ -28,6 +40,7 @@ impl Subscription {
             wildcard: true,
             legacy: true,
             names: BTreeSet::new(),
+            sotw_list: None,
         }
     }
 
@@ -41,6 +54,7 @@ impl Subscription {
             wildcard: false,
             legacy: false,
             names: names.into_iter().map(Into::into).collect(),
+            sotw_list: None,
         }
     }
 
@@ -50,6 +64,7 @@ impl Subscription {
             wildcard: false,
             legacy: true,
             names: BTreeSet::new(),
+            sotw_list: None,
         }
     }
 
@@ -75,20 +90,31 @@ impl Subscription {
     /// (which the server must send even if unchanged), or `None` when the subscription did
     /// not change.
     pub fn apply_sotw(&mut self, ty: XdsType, resource_names: &[String]) -> Option<Change> {
-        let before = self.clone();
+        let was_wildcard = self.wildcard;
+        let list = list_hash(resource_names);
+        if self.sotw_list == Some(list) {
+            return None;
+        }
+        self.sotw_list = Some(list);
         if resource_names.is_empty() {
             self.wildcard = self.legacy && ty.supports_wildcard();
-            self.names.clear();
-        } else {
-            self.legacy = false;
-            self.wildcard = resource_names.iter().any(|n| n == WILDCARD);
-            self.names = resource_names
-                .iter()
-                .filter(|n| *n != WILDCARD)
-                .cloned()
-                .collect();
+            let removed = std::mem::take(&mut self.names).into_iter().collect();
+            return self.change(was_wildcard, Vec::new(), removed);
         }
-        self.change_from(&before)
+        self.legacy = false;
+        self.wildcard = resource_names.iter().any(|n| n == WILDCARD);
+        // Every ACK repeats the whole list (thousands of EDS names): compare in place and
+        // build a new set only when it differs.
+        let named = resource_names.iter().filter(|n| *n != WILDCARD);
+        let same = named.clone().count() == self.names.len()
+            && named.clone().all(|n| self.names.contains(n));
+        if same {
+            return self.change(was_wildcard, Vec::new(), Vec::new());
+        }
+        let before = std::mem::replace(&mut self.names, named.cloned().collect());
+        let added = self.names.difference(&before).cloned().collect();
+        let removed = before.difference(&self.names).cloned().collect();
+        self.change(was_wildcard, added, removed)
     }
 
     /// Applies a delta request's subscribe and unsubscribe lists.
@@ -99,7 +125,8 @@ impl Subscription {
         subscribe: &[String],
         unsubscribe: &[String],
     ) -> Option<Change> {
-        let before = self.clone();
+        let was_wildcard = self.wildcard;
+        self.sotw_list = None;
         if first && subscribe.is_empty() && unsubscribe.is_empty() && ty.supports_wildcard() {
             // Legacy wildcard: the first request names nothing.
             self.wildcard = true;
@@ -107,32 +134,50 @@ impl Subscription {
         if !subscribe.is_empty() {
             self.legacy = false;
         }
+        // Track what this request changes instead of copying the set (an ACK names
+        // nothing and must stay cheap however many resources the client holds).
+        let mut inserted = Vec::new();
         for name in subscribe {
             if name == WILDCARD {
                 self.wildcard = true;
-            } else {
-                self.names.insert(name.clone());
+            } else if self.names.insert(name.clone()) {
+                inserted.push(name.clone());
             }
         }
+        let mut deleted = Vec::new();
         for name in unsubscribe {
             if name == WILDCARD {
                 self.wildcard = false;
-            } else {
-                self.names.remove(name);
+            } else if self.names.remove(name) {
+                deleted.push(name.clone());
             }
         }
-        self.change_from(&before)
+        // A name both subscribed and unsubscribed in one request nets out.
+        let removed = deleted
+            .into_iter()
+            .filter(|n| !inserted.contains(n))
+            .collect();
+        let added = inserted
+            .into_iter()
+            .filter(|n| self.names.contains(n))
+            .collect();
+        self.change(was_wildcard, added, removed)
     }
 
-    fn change_from(&self, before: &Subscription) -> Option<Change> {
-        if self.wildcard == before.wildcard && self.names == before.names {
+    fn change(
+        &self,
+        was_wildcard: bool,
+        added: Vec<String>,
+        removed: Vec<String>,
+    ) -> Option<Change> {
+        if self.wildcard == was_wildcard && added.is_empty() && removed.is_empty() {
             return None;
         }
         Some(Change {
-            became_wildcard: self.wildcard && !before.wildcard,
-            added: self.names.difference(&before.names).cloned().collect(),
-            removed: before.names.difference(&self.names).cloned().collect(),
-            lost_wildcard: before.wildcard && !self.wildcard,
+            became_wildcard: self.wildcard && !was_wildcard,
+            added,
+            removed,
+            lost_wildcard: was_wildcard && !self.wildcard,
         })
     }
 
@@ -145,6 +190,15 @@ impl Subscription {
             (false, n) => format!("{n} names"),
         }
     }
+}
+
+fn list_hash(names: &[String]) -> u64 {
+    let mut h = xxhash_rust::xxh64::Xxh64::new(0);
+    for n in names {
+        h.update(n.as_bytes());
+        h.update(&[0]);
+    }
+    h.digest()
 }
 
 /// How a subscription changed.
@@ -226,5 +280,31 @@ mod tests {
             .unwrap();
         assert!(s.is_wildcard());
         assert_eq!(s.describe(), "*");
+    }
+    /// Every SotW ACK repeats the list: the same list in any order changes nothing, a
+    /// different one reports exactly what it adds and drops.
+    #[test]
+    fn sotw_repeated_and_changed_lists() {
+        let mut s = Subscription::initial();
+        let c = s.apply_sotw(XdsType::Endpoint, &v(&["b", "a"])).unwrap();
+        assert_eq!(c.added, v(&["a", "b"]));
+        assert!(s.apply_sotw(XdsType::Endpoint, &v(&["b", "a"])).is_none());
+        assert!(s.apply_sotw(XdsType::Endpoint, &v(&["a", "b"])).is_none());
+        let c = s.apply_sotw(XdsType::Endpoint, &v(&["a", "c"])).unwrap();
+        assert_eq!((c.added, c.removed), (v(&["c"]), v(&["b"])));
+        assert!(s.apply_sotw(XdsType::Endpoint, &v(&["a", "c"])).is_none());
+    }
+
+    /// A delta request that names a resource and drops it again nets out; an ACK (no
+    /// names) changes nothing.
+    #[test]
+    fn delta_subscribe_and_unsubscribe_in_one_request() {
+        let mut s = Subscription::names_of(["a"]);
+        let c = s
+            .apply_delta(XdsType::Endpoint, false, &v(&["b", "c"]), &v(&["b", "a"]))
+            .unwrap();
+        assert_eq!((c.added, c.removed), (v(&["c"]), v(&["a"])));
+        assert!(s.selects("c") && !s.selects("a") && !s.selects("b"));
+        assert!(s.apply_delta(XdsType::Endpoint, false, &[], &[]).is_none());
     }
 }
