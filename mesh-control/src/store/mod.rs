@@ -141,23 +141,12 @@ impl Store {
     /// Replaces what `origin` (a file path) defines with the documents in `text`. Returns
     /// the problems found in this text (also kept in the snapshot's issues).
     pub fn apply_text(&self, origin: &str, text: &str) -> Vec<ConfigIssue> {
-        let docs = parse_docs(origin, text);
-        let mut state = self.state.lock();
-        let changes = state.apply(origin, docs);
-        let issues: Vec<ConfigIssue> = state
-            .issues()
-            .into_iter()
-            .filter(|i| i.origin == origin || i.origin.starts_with(&format!("{origin}:")))
-            .collect();
-        self.publish(&state, changes, origin);
-        issues
+        self.apply_batch(&[(origin.to_string(), text.to_string())], &[])
     }
 
     /// Forgets everything `origin` defined (its file was deleted or renamed away).
     pub fn remove_origin(&self, origin: &str) {
-        let mut state = self.state.lock();
-        let changes = state.remove(origin);
-        self.publish(&state, changes, origin);
+        self.apply_batch(&[], &[origin.to_string()]);
     }
 
     /// Applies several origins' changes as one snapshot: a directory rescan that finds

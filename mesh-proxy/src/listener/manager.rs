@@ -83,19 +83,15 @@ impl ListenerHandle {
         &self.bound
     }
 
-    /// The chain for a connection matched against `cfg`, and its drain watch and force
-    /// token. Re-matches against the newest config if an update landed since `cfg` was
-    /// read, so no connection joins a chain that has already been told to drain.
+    /// The chain for a connection, matched against the newest config under the lock that
+    /// updates take, so no connection joins a chain that has already been told to drain;
+    /// with its drain watch and force token.
     fn join_chain(
         &self,
-        mut cfg: Arc<Listener>,
         input: &MatchInput<'_>,
     ) -> Option<(Arc<FilterChain>, drain::Watch, CancellationToken)> {
         let mut chains = self.chains.lock();
-        let current = self.config.load_full();
-        if !Arc::ptr_eq(&cfg, &current) {
-            cfg = current;
-        }
+        let cfg = self.config.load();
         let chain = match cfg.matcher.find(input) {
             Some(i) => cfg.filter_chains[i].clone(),
             None => match &cfg.default_filter_chain {
@@ -145,7 +141,6 @@ impl ListenerHandle {
             };
             drop(watch);
             let name = name.clone();
-            let listener_stats = self.stats.clone();
             let server = self.rt.stats.clone();
             server.server.total_filter_chains_draining.inc();
             debug!(listener = %name, chain = fp, "filter chain changed; draining its connections");
@@ -153,7 +148,6 @@ impl ListenerHandle {
                 if !trigger.drain_for(deadline).await {
                     info!(listener = %name, "drain deadline reached; closing the connections of a changed filter chain");
                     force.cancel();
-                    listener_stats.downstream_cx_drained.inc();
                 }
                 server.server.total_filter_chains_draining.dec();
             });
@@ -480,7 +474,9 @@ impl Prepared {
             _ = handle.force.cancelled() => {
                 handle.stats.downstream_cx_drained.inc();
             }
-            _ = chain_force.cancelled() => {}
+            _ = chain_force.cancelled() => {
+                handle.stats.downstream_cx_drained.inc();
+            }
         }
     }
 }
@@ -547,7 +543,7 @@ async fn prepare(
         transport_protocol: sniffed.transport_protocol.as_str(),
         application_protocols: &sniffed.application_protocols,
     };
-    let (chain, drain, chain_force) = handle.join_chain(cfg.clone(), &input)?;
+    let (chain, drain, chain_force) = handle.join_chain(&input)?;
     let conn = ConnInfo {
         id,
         listener: cfg.name.clone(),
