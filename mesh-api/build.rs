@@ -101,11 +101,28 @@ fn main() {
 fn envoy_types_proto_dir() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
-    let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline"])
-        .current_dir(&manifest_dir)
-        .output()
-        .expect("running cargo metadata");
+    let target = std::env::var("TARGET").expect("TARGET");
+    // Only this platform's packages: a fresh CARGO_HOME holds nothing else (cargo fetches
+    // a build's packages, not Windows-only ones), and offline metadata of the whole graph
+    // fails there. Offline first so that a populated cache needs no network; then online,
+    // which fetches only what the first attempt lacked (dev-dependencies of a build that
+    // did not need them).
+    let metadata = |offline: bool| {
+        let mut args = vec!["metadata", "--format-version", "1", "--filter-platform"];
+        args.push(&target);
+        if offline {
+            args.push("--offline");
+        }
+        Command::new(&cargo)
+            .args(&args)
+            .current_dir(&manifest_dir)
+            .output()
+            .expect("running cargo metadata")
+    };
+    let mut output = metadata(true);
+    if !output.status.success() {
+        output = metadata(false);
+    }
     assert!(
         output.status.success(),
         "cargo metadata failed: {}",

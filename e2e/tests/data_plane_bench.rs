@@ -10,6 +10,8 @@ mod load;
 mod procfs;
 #[path = "../benches/data_plane/proxies.rs"]
 mod proxies;
+#[path = "../benches/data_plane/scale.rs"]
+mod scale;
 #[path = "../benches/data_plane/stats.rs"]
 mod stats;
 #[path = "../benches/data_plane/tools.rs"]

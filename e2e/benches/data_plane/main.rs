@@ -18,6 +18,7 @@ mod load;
 mod procfs;
 mod proxies;
 mod run;
+mod scale;
 mod stats;
 mod tools;
 mod topology;
@@ -75,6 +76,10 @@ struct BenchArgs {
     /// Only these workloads.
     #[arg(long, value_enum, value_delimiter = ',')]
     workloads: Vec<Workload>,
+    /// After the traffic runs, give the control plane this many more services and report
+    /// the idle RSS of the xDS-driven sidecars holding them (0: skip).
+    #[arg(long, default_value_t = 1000)]
+    scale_services: usize,
     /// Use the bench's own generator for HTTP too, instead of oha.
     #[arg(long)]
     own_generator: bool,
@@ -273,6 +278,17 @@ fn bench(mut a: BenchArgs) -> Result<()> {
     };
     run::wait_ready(&plan, &topo.pairs, Duration::from_secs(60))?;
     let raw = run::measure(&plan, &topo.pairs, &workloads)?;
+    let scale = if a.scale_services > 0 {
+        eprintln!("idle memory with {} more services", a.scale_services);
+        scale::measure(
+            &topo.cluster.config_dir(),
+            &topo.pairs,
+            a.scale_services,
+            plan.idle,
+        )?
+    } else {
+        serde_json::Value::Null
+    };
     topo.teardown()?;
 
     let mut tools_used = serde_json::Map::new();
@@ -299,6 +315,7 @@ fn bench(mut a: BenchArgs) -> Result<()> {
         "tools": tools_used,
         "pairs": raw["pairs"],
         "runs": raw["runs"],
+        "scale": scale,
     });
     let text = serde_json::to_string_pretty(&out)?;
     match &a.json {

@@ -69,6 +69,7 @@ pub struct Pair {
     /// The workloads this pair carries.
     pub workloads: Vec<Workload>,
     pub client_netns: String,
+    pub server_netns: String,
     pub server_ip: String,
     /// The Service VIP (absent for the direct pair, whose client dials the pod).
     pub vip: Option<String>,
@@ -286,6 +287,7 @@ fn add_pair(
         kind,
         workloads,
         client_netns: cp.netns.clone(),
+        server_netns: sp.netns.clone(),
         server_ip: sp.ip.clone(),
         vip,
         client_proxy: proxy_pid(&cp),

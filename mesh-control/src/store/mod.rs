@@ -204,7 +204,7 @@ impl Store {
     fn publish(&self, state: &State, changes: Changes, origin: &str) {
         let previous = self.current.load_full();
         let issues_before: BTreeSet<ConfigIssue> = previous.issues().iter().cloned().collect();
-        let next = Snapshot::build(state, previous.version() + 1, Some(previous.mesh_arc()));
+        let next = Snapshot::build(state, previous.version() + 1, Some(&previous));
         let issues_changed = next.issues().len() != issues_before.len()
             || next.issues().iter().any(|i| !issues_before.contains(i));
         for issue in next.issues() {

@@ -1,16 +1,24 @@
 //! The immutable snapshot: every resource in force, typed; the registry; the routing index;
 //! every current problem.
 
-use std::{collections::HashSet, sync::Arc};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use parking_lot::Mutex;
 
 use mesh_api::document::{Kind, Resource};
 use mesh_api::mesh_config::{CONFIG_MAP_NAME, MeshConfig};
 use mesh_api::naming::DEFAULT_DOMAIN_SUFFIX;
+use mesh_api::networking::{
+    DestinationRuleSpec, EnvoyFilterSpec, GatewaySpec, ServiceEntrySpec, SidecarSpec,
+    VirtualServiceSpec, WorkloadEntrySpec,
+};
 use serde::Serialize;
 
-use super::config::{Age, Config, ConfigSet, Meta};
+use super::config::{Age, Config, ConfigSet, Meta, Shared};
 use super::state::{Doc, State};
 use super::{ConfigIssue, default_mesh_config, parse_docs};
 use crate::registry::Registry;
@@ -23,6 +31,50 @@ pub struct StoredResource {
     pub resource: String,
     #[serde(skip)]
     pub value: Arc<Resource>,
+    /// Its first-seen order and its typed view, kept so that the next snapshot can reuse
+    /// the typed view of every resource that did not change.
+    #[serde(skip)]
+    seq: u64,
+    #[serde(skip)]
+    typed: Option<Typed>,
+}
+
+/// The typed view of one resource, as it sits in a [`ConfigSet`] list.
+#[derive(Debug, Clone)]
+enum Typed {
+    VirtualService(Shared<VirtualServiceSpec>),
+    DestinationRule(Shared<DestinationRuleSpec>),
+    Gateway(Shared<GatewaySpec>),
+    ServiceEntry(Shared<ServiceEntrySpec>),
+    WorkloadEntry(Shared<WorkloadEntrySpec>),
+    Sidecar(Shared<SidecarSpec>),
+    EnvoyFilter(Shared<EnvoyFilterSpec>),
+    Service(Shared<Service>),
+    EndpointSlice(Shared<EndpointSlice>),
+    Pod(Shared<Pod>),
+    Namespace(Shared<Namespace>),
+    Secret(Shared<Secret>),
+    ConfigMap(Shared<ConfigMap>),
+}
+
+impl Typed {
+    fn add_to(&self, set: &mut ConfigSet) {
+        match self {
+            Typed::VirtualService(c) => set.virtual_services.push(c.clone()),
+            Typed::DestinationRule(c) => set.destination_rules.push(c.clone()),
+            Typed::Gateway(c) => set.gateways.push(c.clone()),
+            Typed::ServiceEntry(c) => set.service_entries.push(c.clone()),
+            Typed::WorkloadEntry(c) => set.workload_entries.push(c.clone()),
+            Typed::Sidecar(c) => set.sidecars.push(c.clone()),
+            Typed::EnvoyFilter(c) => set.envoy_filters.push(c.clone()),
+            Typed::Service(c) => set.services.push(c.clone()),
+            Typed::EndpointSlice(c) => set.endpoint_slices.push(c.clone()),
+            Typed::Pod(c) => set.pods.push(c.clone()),
+            Typed::Namespace(c) => set.namespaces.push(c.clone()),
+            Typed::Secret(c) => set.secrets.push(c.clone()),
+            Typed::ConfigMap(c) => set.config_maps.push(c.clone()),
+        }
+    }
 }
 
 /// An immutable view of all config and the registry, shared by every push.
@@ -74,34 +126,55 @@ impl Snapshot {
         Snapshot::build(&state, 1, None)
     }
 
-    pub(crate) fn build(
-        state: &State,
-        version: u64,
-        previous_mesh: Option<Arc<MeshConfig>>,
-    ) -> Snapshot {
+    /// The snapshot of `state`. With the `previous` snapshot, resources that did not
+    /// change (the same `Arc` from the same origin, in the same place) keep their typed
+    /// view: a change to one file then costs the index rebuild, not a copy of every
+    /// resource in the mesh.
+    pub(crate) fn build(state: &State, version: u64, previous: Option<&Snapshot>) -> Snapshot {
         let mut entries = Vec::new();
         for (key, def, seq) in state.winners() {
             entries.push((key.kind, def.origin.clone(), def.resource.clone(), seq));
         }
-        Snapshot::assemble(version, entries, state.issues(), previous_mesh)
+        Snapshot::assemble(version, entries, state.issues(), previous)
     }
 
     fn assemble(
         version: u64,
         entries: Vec<(Kind, String, Arc<Resource>, u64)>,
         mut issues: Vec<ConfigIssue>,
-        previous_mesh: Option<Arc<MeshConfig>>,
+        previous: Option<&Snapshot>,
     ) -> Snapshot {
+        // Keyed by address: the previous snapshot holds each `Arc`, so an address cannot
+        // have been reused by another resource while it is alive.
+        let reusable: HashMap<*const Resource, &StoredResource> = previous
+            .map(|p| {
+                p.stored
+                    .iter()
+                    .map(|s| (Arc::as_ptr(&s.value), s))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut set = ConfigSet::default();
         let mut stored = Vec::with_capacity(entries.len());
         let mut mesh_map = None;
-        for (_, origin, resource, seq) in &entries {
-            stored.push(StoredResource {
-                origin: origin.clone(),
-                resource: resource.describe(),
-                value: resource.clone(),
-            });
-            add_typed(&mut set, origin, resource, *seq);
+        for (_, origin, resource, seq) in entries {
+            let kept = reusable
+                .get(&Arc::as_ptr(&resource))
+                .filter(|s| s.seq == seq && s.origin == origin);
+            let entry = match kept {
+                Some(s) => (*s).clone(),
+                None => StoredResource {
+                    resource: resource.describe(),
+                    typed: typed(&origin, &resource, seq),
+                    origin,
+                    value: resource,
+                    seq,
+                },
+            };
+            if let Some(t) = &entry.typed {
+                t.add_to(&mut set);
+            }
+            stored.push(entry);
         }
         set.sort();
 
@@ -122,7 +195,7 @@ impl Snapshot {
                         field: Some("data.mesh".to_string()),
                         message: format!("{e} (the previous mesh config stays in force)"),
                     });
-                    previous_mesh.unwrap_or_else(default_mesh_config)
+                    previous.map_or_else(default_mesh_config, |p| p.mesh.clone())
                 }
             },
         };
@@ -196,10 +269,6 @@ impl Snapshot {
         &self.mesh
     }
 
-    pub(crate) fn mesh_arc(&self) -> Arc<MeshConfig> {
-        self.mesh.clone()
-    }
-
     pub(crate) fn index(&self) -> &MeshIndex {
         &self.index
     }
@@ -227,31 +296,29 @@ fn meta_of(kind: Kind, origin: &str, resource: &Resource, seq: u64) -> Option<Me
     })
 }
 
-fn add_typed(set: &mut ConfigSet, origin: &str, resource: &Resource, seq: u64) {
-    let Some(kind) = resource.kind() else { return };
-    let Some(meta) = meta_of(kind, origin, resource, seq) else {
-        return;
-    };
-    macro_rules! push {
-        ($list:ident, $spec:expr) => {
-            set.$list.push(Arc::new(Config { meta, spec: $spec }))
+fn typed(origin: &str, resource: &Resource, seq: u64) -> Option<Typed> {
+    let kind = resource.kind()?;
+    let meta = meta_of(kind, origin, resource, seq)?;
+    macro_rules! typed {
+        ($variant:ident, $spec:expr) => {
+            Some(Typed::$variant(Arc::new(Config { meta, spec: $spec })))
         };
     }
     match resource {
-        Resource::VirtualService(r) => push!(virtual_services, r.spec.clone()),
-        Resource::DestinationRule(r) => push!(destination_rules, r.spec.clone()),
-        Resource::Gateway(r) => push!(gateways, r.spec.clone()),
-        Resource::ServiceEntry(r) => push!(service_entries, r.spec.clone()),
-        Resource::WorkloadEntry(r) => push!(workload_entries, r.spec.clone()),
-        Resource::Sidecar(r) => push!(sidecars, r.spec.clone()),
-        Resource::EnvoyFilter(r) => push!(envoy_filters, r.spec.clone()),
-        Resource::Service(r) => push!(services, (**r).clone()),
-        Resource::EndpointSlice(r) => push!(endpoint_slices, (**r).clone()),
-        Resource::Pod(r) => push!(pods, (**r).clone()),
-        Resource::Namespace(r) => push!(namespaces, (**r).clone()),
-        Resource::Secret(r) => push!(secrets, (**r).clone()),
-        Resource::ConfigMap(r) => push!(config_maps, (**r).clone()),
+        Resource::VirtualService(r) => typed!(VirtualService, r.spec.clone()),
+        Resource::DestinationRule(r) => typed!(DestinationRule, r.spec.clone()),
+        Resource::Gateway(r) => typed!(Gateway, r.spec.clone()),
+        Resource::ServiceEntry(r) => typed!(ServiceEntry, r.spec.clone()),
+        Resource::WorkloadEntry(r) => typed!(WorkloadEntry, r.spec.clone()),
+        Resource::Sidecar(r) => typed!(Sidecar, r.spec.clone()),
+        Resource::EnvoyFilter(r) => typed!(EnvoyFilter, r.spec.clone()),
+        Resource::Service(r) => typed!(Service, (**r).clone()),
+        Resource::EndpointSlice(r) => typed!(EndpointSlice, (**r).clone()),
+        Resource::Pod(r) => typed!(Pod, (**r).clone()),
+        Resource::Namespace(r) => typed!(Namespace, (**r).clone()),
+        Resource::Secret(r) => typed!(Secret, (**r).clone()),
+        Resource::ConfigMap(r) => typed!(ConfigMap, (**r).clone()),
         // Security and telemetry kinds are stored (configz) and translated elsewhere.
-        _ => {}
+        _ => None,
     }
 }

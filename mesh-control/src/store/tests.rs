@@ -221,3 +221,33 @@ fn a_batch_publishes_one_version_holding_every_file() {
     assert!(store.apply_batch(&[], &[]).is_empty());
     assert_eq!(store.snapshot().version(), before + 1);
 }
+
+#[test]
+fn unchanged_resources_keep_their_typed_view_across_snapshots() {
+    let store = Store::new();
+    store.apply_text("svc.yaml", SERVICE);
+    store.apply_text("vs.yaml", VS_GOOD);
+    let first = store.snapshot();
+    // Another file changes: the Service's typed view is the same allocation.
+    let vs_weighted = VS_GOOD.replace("{host: reviews}", "{host: reviews}\n      weight: 100");
+    store.apply_text("vs.yaml", &vs_weighted);
+    let second = store.snapshot();
+    assert_eq!(second.version(), first.version() + 1);
+    assert!(Arc::ptr_eq(
+        &first.config().services[0],
+        &second.config().services[0]
+    ));
+    // The changed VirtualService is a new one, with the new spec.
+    let (old_vs, new_vs) = (
+        &first.config().virtual_services[0],
+        &second.config().virtual_services[0],
+    );
+    assert!(!Arc::ptr_eq(old_vs, new_vs));
+    assert_eq!(new_vs.spec.http[0].route[0].weight, Some(100));
+    // The same Service from another file is another definition: not reused.
+    store.remove_origin("svc.yaml");
+    store.apply_text("svc2.yaml", SERVICE);
+    let third = store.snapshot();
+    assert_eq!(third.config().services[0].meta.origin, "svc2.yaml");
+    assert_eq!(third.stored().len(), 2);
+}

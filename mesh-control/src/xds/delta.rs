@@ -168,7 +168,14 @@ impl DeltaStream {
             }
             if change.became_wildcard {
                 diff(state, typed, &mut pending);
+                state.base = Some(res.get_arc(ty).clone());
             }
+        }
+        if first {
+            // In line with the whole set once this answer is sent: the next push diffs
+            // against it in one walk, instead of looking up every name the client knows
+            // (the first push after a connect storm did that for every proxy at once).
+            state.base = Some(res.get_arc(ty).clone());
         }
 
         // The first request of a type is always answered, even with nothing, so that a
@@ -410,6 +417,9 @@ mod tests {
             .response
             .unwrap();
         assert_eq!(names(&r), ["a", "b"]);
+        // The client is in line with the whole set: the next push walks two sets.
+        let base = d.types[&XdsType::Cluster].base.as_ref().unwrap();
+        assert!(Arc::ptr_eq(base, res.get_arc(XdsType::Cluster)));
         let h = d.on_request(
             &req(XdsType::Cluster, &[], &[], &r.nonce),
             &res,

@@ -357,10 +357,61 @@ pub fn tables(raw: &Value) -> Vec<Table> {
         }
     }
     let mut out = vec![latency, throughput, cost];
+    if let Some(scale) = scale_table(raw) {
+        out.push(scale);
+    }
     if kinds.contains(&"mesh-proxy") && workloads.contains(&"http1") {
         out.push(targets(raw, &kinds));
     }
     out
+}
+
+/// Idle memory once every xDS-driven sidecar holds the generated services.
+fn scale_table(raw: &Value) -> Option<Table> {
+    let rows = raw["scale"].as_array().filter(|r| !r.is_empty())?;
+    let services = rows[0]["services"].as_u64().unwrap_or(0);
+    let mut t = Table::new(
+        &format!(
+            "Idle memory with {services} more services (ServiceEntries: one HTTP port, two endpoints each; every sidecar gets a cluster, an endpoint set and a virtual host per service), read from /proc once the sidecar holds them all"
+        ),
+        vec![
+            Column::label("proxies"),
+            Column::label("sidecar"),
+            Column::number("clusters", ""),
+            Column::number("synced after", "s"),
+            Column::number("idle RSS", "MiB"),
+            Column::number("idle RSS before", "MiB"),
+        ],
+    );
+    for r in rows {
+        let (kind, side) = (r["kind"].as_str()?, r["side"].as_str()?);
+        let before = raw["pairs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["kind"] == kind)
+            .and_then(|p| p[side]["idle_rss_mib"].as_f64());
+        t.push(vec![
+            json!(kind),
+            json!(side),
+            num(r["clusters"].as_f64()),
+            num(r["synced_after_s"].as_f64()),
+            num(r["idle_rss_mib"].as_f64()),
+            num(before),
+        ]);
+    }
+    Some(t)
+}
+
+/// The largest idle RSS of mesh-proxy's sidecars with the generated services.
+fn scale_rss(raw: &Value) -> Option<(u64, f64)> {
+    let rows = raw["scale"].as_array()?;
+    let mesh = rows.iter().filter(|r| r["kind"] == "mesh-proxy");
+    let rss = mesh
+        .clone()
+        .filter_map(|r| r["idle_rss_mib"].as_f64())
+        .reduce(f64::max)?;
+    Some((mesh.clone().next()?["services"].as_u64()?, rss))
 }
 
 /// The targets for mesh-proxy (HTTP/1.1, 1 KiB, 1,000 rps), each with what was
@@ -443,6 +494,14 @@ fn targets(raw: &Value, kinds: &[&str]) -> Table {
         )
     });
     row("idle RSS (MiB) < 15".into(), idle, Some(15.0), true);
+    if let Some((services, rss)) = scale_rss(raw) {
+        row(
+            format!("idle RSS (MiB) with {services} more services < 40"),
+            Some(rss),
+            Some(40.0),
+            true,
+        );
+    }
     for wl in WORKLOADS {
         let d = med(raw, wl, "direct", "max", "rps");
         let m = med(raw, wl, "mesh-proxy", "max", "rps");
@@ -601,6 +660,43 @@ mod tests {
             .collect();
         assert!(verdicts.iter().all(|(_, v)| *v == "yes"), "{verdicts:?}");
         assert!(verdicts.iter().any(|(w, _)| w.contains("envoy")));
+    }
+
+    #[test]
+    fn scale_memory_table_and_target() {
+        let mut raw = raw();
+        let row = |kind: &str, side: &str, rss: f64| {
+            json!({"kind": kind, "side": side, "services": 1000, "clusters_before": 4,
+                   "clusters": 1004, "synced_after_s": 1.5, "idle_rss_mib": rss})
+        };
+        raw["scale"] = json!([
+            row("mesh-proxy", "client", 30.0),
+            row("mesh-proxy", "server", 41.0),
+            row("envoy", "client", 90.0),
+        ]);
+        let t = tables(&raw);
+        assert_eq!(t.len(), 5);
+        let scale = &t[3];
+        scale.check_numbers().unwrap();
+        assert!(
+            scale.title.contains("1000 more services"),
+            "{}",
+            scale.title
+        );
+        assert_eq!(scale.rows[1][4], json!(41.0));
+        assert_eq!(
+            scale.rows[1][5],
+            json!(10.0),
+            "the idle RSS before, same sidecar"
+        );
+        // The target takes the worse mesh-proxy sidecar: 41 MiB misses 40.
+        let target = t[4]
+            .rows
+            .iter()
+            .find(|r| r[0].as_str().unwrap().contains("1000 more services"))
+            .unwrap();
+        assert_eq!(target[1], json!(41.0));
+        assert_eq!(target[3], "no");
     }
 
     #[test]
