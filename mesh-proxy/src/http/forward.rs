@@ -100,12 +100,12 @@ enum Attempt {
     StreamIdle,
 }
 
-/// Decrements a gauge when dropped (requests in flight).
-struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
+/// Decrements the cluster's `upstream_rq_active` when dropped (requests in flight).
+struct ActiveRequest(crate::stats::ClusterStats);
 
-impl Drop for GaugeGuard {
+impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        self.0.dec();
+        self.0.upstream_rq_active.dec();
     }
 }
 
@@ -288,8 +288,7 @@ pub(super) async fn forward(
     st.guards.push(Box::new(rq_guard));
     stats.upstream_rq_total.inc();
     stats.upstream_rq_active.inc();
-    st.guards
-        .push(Box::new(GaugeGuard(stats.upstream_rq_active.clone())));
+    st.guards.push(Box::new(ActiveRequest(stats.clone())));
 
     let original_dst = match &cluster.config().discovery {
         Discovery::OriginalDst {

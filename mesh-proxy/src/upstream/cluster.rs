@@ -254,8 +254,7 @@ impl Cluster {
     }
 
     fn publish(&self, m: &Membership) {
-        let set =
-            HostSet::build(&self.config, m).with_panic_stat(self.stats.lb_healthy_panic.clone());
+        let set = HostSet::build(&self.config, m).with_stats(self.stats.clone());
         self.stats.membership_total.set(set.hosts.len() as i64);
         self.stats
             .membership_healthy
@@ -336,7 +335,7 @@ impl Cluster {
             guard: ConnectionGuard {
                 _cb: cb,
                 _host: host.connection_guard(),
-                active: self.stats.upstream_cx_active.clone(),
+                stats: self.stats.clone(),
             },
         })
     }
@@ -503,12 +502,13 @@ pub struct UpstreamConnection {
 pub struct ConnectionGuard {
     _cb: super::circuit_breaker::Guard,
     _host: super::host::HostConnectionGuard,
-    active: prometheus_client::metrics::gauge::Gauge,
+    /// Its `upstream_cx_active` is decremented on drop.
+    stats: ClusterStats,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.active.dec();
+        self.stats.upstream_cx_active.dec();
     }
 }
 

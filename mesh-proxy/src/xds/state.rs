@@ -130,7 +130,8 @@ impl Applier {
         let labels = XdsLabels {
             type_url: type_url.as_str().to_string(),
         };
-        self.stats.xds.update_attempt.get_or_create(&labels).inc();
+        let stats = self.stats.xds.handles(&labels);
+        stats.update_attempt.inc();
         let outcome = match type_url {
             TypeUrl::Cluster => self.apply_clusters(version, updates, removed),
             TypeUrl::ClusterLoadAssignment => self.apply_endpoints(version, updates, removed),
@@ -138,9 +139,9 @@ impl Applier {
             TypeUrl::RouteConfiguration => self.apply_routes(version, updates, removed),
         };
         if outcome.errors.is_empty() {
-            self.stats.xds.update_success.get_or_create(&labels).inc();
+            stats.update_success.inc();
         } else {
-            self.stats.xds.update_rejected.get_or_create(&labels).inc();
+            stats.update_rejected.inc();
             warn!(type_url = type_url.as_str(), errors = ?outcome.errors, "rejecting xDS update (NACK); keeping the last good config");
         }
         self.dump

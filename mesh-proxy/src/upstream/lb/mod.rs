@@ -17,7 +17,6 @@ mod slow_start;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 pub use hash::{ring_hash_key, xxhash64};
@@ -29,6 +28,7 @@ use crate::config::{
     cluster::{Cluster as ClusterConfig, LbPolicy},
     endpoint::{DEFAULT_OVERPROVISIONING_FACTOR, HealthStatus, Locality},
 };
+use crate::stats::ClusterStats;
 
 /// What the caller knows about the request that the load balancer may use.
 #[derive(Debug, Default, Clone, Copy)]
@@ -113,8 +113,8 @@ pub struct HostSet {
     hashing: bool,
     /// Round robin and least request with hosts still in their slow start window.
     warmup: Option<Warmup>,
-    /// Envoy's `lb_healthy_panic`: picks made in a level in panic.
-    panic_stat: Counter,
+    /// The cluster's stats: `lb_healthy_panic` counts picks made in a level in panic.
+    stats: ClusterStats,
 }
 
 #[derive(Debug, Default)]
@@ -240,14 +240,14 @@ impl HostSet {
             degraded_load,
             hashing,
             warmup,
-            panic_stat: Counter::default(),
+            stats: ClusterStats::default(),
         }
     }
 
-    /// Counts picks made in panic mode on `counter` (the cluster's `lb_healthy_panic`).
+    /// Counts picks made in panic mode in the cluster's `lb_healthy_panic`.
     #[must_use]
-    pub fn with_panic_stat(mut self, counter: Counter) -> Self {
-        self.panic_stat = counter;
+    pub fn with_stats(mut self, stats: ClusterStats) -> Self {
+        self.stats = stats;
         self
     }
 
@@ -282,7 +282,7 @@ impl HostSet {
         let (level, availability) = self.choose_level(ctx)?;
         let warmup = self.warmup.as_ref().filter(|w| w.active(Instant::now()));
         if level.panic {
-            self.panic_stat.inc();
+            self.stats.lb_healthy_panic.inc();
             return level.all.pick(ctx, attempt, warmup);
         }
         match availability {

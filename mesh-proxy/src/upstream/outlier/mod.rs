@@ -214,7 +214,7 @@ impl Detector {
         .inc();
     }
 
-    fn enforced_counter(&self, kind: Kind) -> &prometheus_client::metrics::counter::Counter {
+    fn enforced_counter(&self, kind: Kind) -> &crate::stats::StatCounter {
         let s = &self.stats;
         match kind {
             Kind::Consecutive5xx => &s.outlier_detection_ejections_enforced_consecutive_5xx,
