@@ -80,7 +80,17 @@ fn crd_dir() -> PathBuf {
 
 /// Installs the CRDs and waits until each is Established (idempotent: `apply`).
 fn install_crds(kube: &Kube) {
-    kube.ok(&["apply", "-f", &crd_dir().display().to_string()], None);
+    let dir = crd_dir().display().to_string();
+    // The tests of this file run at once (nextest: one process each) against one API
+    // server. A client-side apply reads, then creates: two at once can both find a CRD
+    // missing, and the slower create fails with AlreadyExists. Applying again patches it.
+    for _ in 0..3 {
+        let out = kube.run(&["apply", "-f", &dir], None);
+        if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("AlreadyExists") {
+            break;
+        }
+    }
+    kube.ok(&["apply", "-f", &dir], None);
     for crd in mesh_api::crds::all() {
         let name = crd.metadata.name.expect("crd name");
         kube.ok(
