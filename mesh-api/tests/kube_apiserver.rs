@@ -84,13 +84,20 @@ fn install_crds(kube: &Kube) {
     // The tests of this file run at once (nextest: one process each) against one API
     // server. A client-side apply reads, then creates: two at once can both find a CRD
     // missing, and the slower create fails with AlreadyExists. Applying again patches it.
-    for _ in 0..3 {
-        let out = kube.run(&["apply", "-f", &dir], None);
+    let apply = || kube.run(&["apply", "-f", &dir], None);
+    let mut out = apply();
+    for _ in 0..2 {
         if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("AlreadyExists") {
             break;
         }
+        out = apply();
     }
-    kube.ok(&["apply", "-f", &dir], None);
+    assert!(
+        out.status.success(),
+        "kubectl apply -f {dir} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     for crd in mesh_api::crds::all() {
         let name = crd.metadata.name.expect("crd name");
         kube.ok(
