@@ -1,5 +1,5 @@
 //! `mesh-proxy`: parse flags, set up logging with a runtime-reloadable filter, build a
-//! multi-thread runtime sized by `--concurrency`, run the proxy until SIGTERM/SIGINT or
+//! runtime sized by `--concurrency`, run the proxy until SIGTERM/SIGINT or
 //! `/quitquitquit`, then drain and exit.
 
 use std::sync::Arc;
@@ -14,6 +14,24 @@ use mesh_proxy::{
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, reload, util::SubscriberInitExt};
+
+/// One worker: a current-thread runtime, so that a request never pays for the
+/// multi-thread scheduler's cross-thread queues and wakeups (linkerd2-proxy does the same
+/// for a one-core limit). More: a work-stealing runtime with that many workers.
+fn runtime(concurrency: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if concurrency <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .thread_name("mesh-proxy-worker")
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(concurrency)
+            .thread_name("mesh-proxy-worker")
+            .enable_all()
+            .build()
+    }
+}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -43,12 +61,7 @@ fn main() -> anyhow::Result<()> {
         log_level: args.log_level.clone(),
         command_line: std::env::args().collect(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.concurrency.max(1))
-        .thread_name("mesh-proxy-worker")
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?;
+    let runtime = runtime(args.concurrency).context("building the tokio runtime")?;
     runtime.block_on(async move {
         info!(mode = ?args.mode, xds = %args.xds_address, node = %opts.xds.node.id, "starting mesh-proxy");
         let proxy = Proxy::start(opts).await.context("starting the proxy")?;
