@@ -3,7 +3,7 @@
 //! backoff, replay of the buffered body), mirrors, and the response (or Envoy's local
 //! reply for each way an upstream request can fail).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header,
@@ -443,20 +443,18 @@ pub(super) async fn forward(
         let started = Instant::now();
 
         if let Some(on_up) = on_upgrade {
-            return upgrade(
+            // Boxed: the upgrade path is rare and its state would otherwise size every
+            // request's future.
+            return Box::pin(upgrade(
                 st, &parts, pool, up, &connector, &settings, on_up, host_guard,
-            )
+            ))
             .await;
         }
 
-        let outcome = run_attempt(
-            pool.send(up, &connector, &settings),
-            &t,
-            &progress,
-            started,
-            idle,
-        )
-        .await;
+        // Pinned here and lent to the timers, so that the forward future holds the send
+        // future once instead of once per async layer.
+        let send = std::pin::pin!(pool.send(up, &connector, &settings));
+        let outcome = run_attempt(send, &t, &progress, started, idle).await;
         // The next attempt may not replay a body that outgrew the buffer.
         let can_retry = buffered.as_ref().is_none_or(|b| !b.overflowed());
         match outcome {
@@ -616,7 +614,7 @@ async fn backoff(delay: Duration, t: &Timeouts, progress: &RequestProgress) -> b
 /// attempt's start and the end of the request), the per-try idle timeout, the route
 /// timeout and the stream idle timeout.
 async fn run_attempt(
-    send: impl std::future::Future<Output = Result<PoolResponse, UpstreamError>>,
+    send: Pin<&mut impl std::future::Future<Output = Result<PoolResponse, UpstreamError>>>,
     t: &Timeouts,
     progress: &RequestProgress,
     started: Instant,

@@ -39,7 +39,7 @@ pub fn normalize<'a>(pq: &'a str, hcm: &HttpConnectionManager) -> Result<Cow<'a,
             }
         }
     }
-    if hcm.normalize_path {
+    if hcm.normalize_path && has_dot_segments(&p) {
         p = Cow::Owned(remove_dot_segments(&p));
     }
     if hcm.merge_slashes && p.contains("//") {
@@ -73,6 +73,14 @@ fn unescape_slashes(p: &str) -> String {
         i += 1;
     }
     out
+}
+
+/// Whether [`remove_dot_segments`] would change `path`: almost no request path has a
+/// `.` or `..` segment or a backslash, and those skip the rebuild (and the new URI).
+fn has_dot_segments(path: &str) -> bool {
+    !path.starts_with('/')
+        || path.contains('\\')
+        || path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// RFC 3986 section 5.2.4, also treating `\` as a separator as browsers do (Envoy's
@@ -147,6 +155,14 @@ mod tests {
             let n = remove_dot_segments(if p.is_empty() { "/" } else { &p });
             proptest::prop_assert!(n.starts_with('/'));
             proptest::prop_assert!(!n.split('/').any(|s| s == "." || s == ".."), "{n}");
+        }
+
+        /// The fast path is exact: a path it skips is one the removal leaves as is.
+        #[test]
+        fn paths_without_dot_segments_are_unchanged(p in "[/a.\\\\]{0,12}") {
+            if !has_dot_segments(&p) {
+                proptest::prop_assert_eq!(remove_dot_segments(&p), p);
+            }
         }
     }
 }

@@ -372,18 +372,23 @@ async fn pipeline(
         p.headers = parts.headers.clone();
         p
     });
-    let stages = async {
-        if let Some(resp) = run_filters(st, &mut parts, &auth, scheme, random).await {
-            return resp;
+    // Pinned in place: awaiting or wrapping it by value would give the pipeline future
+    // a second copy of the whole route action's state.
+    let finished = {
+        let stages = std::pin::pin!(async {
+            if let Some(resp) = run_filters(st, &mut parts, &auth, scheme, random).await {
+                return resp;
+            }
+            route_action(st, parts, body, on_upgrade, &auth, scheme).await
+        });
+        match deadline {
+            None => Some(stages.await),
+            Some(d) => tokio::time::timeout_at(d, stages).await.ok(),
         }
-        route_action(st, parts, body, on_upgrade, &auth, scheme).await
     };
-    match deadline {
-        None => stages.await,
-        Some(d) => match tokio::time::timeout_at(d, stages).await {
-            Ok(resp) => resp,
-            Err(_) => st.duration_timeout(timeout_parts.as_ref()),
-        },
+    match finished {
+        Some(resp) => resp,
+        None => st.duration_timeout(timeout_parts.as_ref()),
     }
 }
 
