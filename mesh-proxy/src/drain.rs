@@ -6,9 +6,18 @@
 //! removed (its own trigger) or the whole proxy shuts down (the parent), and the parent's
 //! trigger also waits for the children's connections, because a child holds its parent.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, Wake, Waker},
+    time::Duration,
+};
 
-use futures::future::select_all;
+use futures::{future::select_all, task::AtomicWaker};
 use tokio::sync::{mpsc, watch};
 
 /// Never sent: the channel only reports when every sender is gone.
@@ -110,14 +119,14 @@ impl Watch {
     /// counts as a signal, so tasks never outlive the thing that should stop them.
     pub fn signaled(&self) -> impl Future<Output = ()> + Send + 'static {
         let signals = self.inner.signals.clone();
-        async move {
+        woken_only(async move {
             let waits = signals.into_iter().map(|mut rx| {
                 Box::pin(async move {
                     let _ = rx.wait_for(|draining| *draining).await;
                 })
             });
             let _ = select_all(waits).await;
-        }
+        })
     }
 
     /// A child trigger and watch: the child is signaled by its own trigger or by any of
@@ -140,6 +149,63 @@ impl Watch {
                 }),
             },
         )
+    }
+}
+
+/// Wraps a stop signal that sits in a `select!` next to a connection, so that the many
+/// wakeups of the connection do not each poll the signal: the inner future is polled
+/// only on the first poll and after its own waker fired. Correct for any future that
+/// makes progress only when woken, as every well-behaved one does.
+pub fn woken_only<F: Future>(fut: F) -> WokenOnly<F> {
+    WokenOnly {
+        fut,
+        state: Arc::new(WakeState {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`woken_only`].
+    pub struct WokenOnly<F> {
+        #[pin]
+        fut: F,
+        state: Arc<WakeState>,
+    }
+}
+
+#[doc(hidden)]
+pub struct WakeState {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for WakeState {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future> Future for WokenOnly<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        // Registered before the flag is read: a wake in between sets the flag and is
+        // seen now, or wakes the task again.
+        // Every poll: a wake takes the registration out of the `AtomicWaker`.
+        this.state.task.register(cx.waker());
+        if !this.state.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(this.state.clone());
+        this.fut.poll(&mut Context::from_waker(&waker))
     }
 }
 
@@ -198,6 +264,73 @@ mod tests {
         child_trigger.signal();
         child.signaled().await;
         assert!(!parent.is_draining());
+    }
+
+    #[test]
+    fn woken_only_polls_the_inner_future_only_after_its_own_wake() {
+        use std::sync::atomic::AtomicUsize;
+
+        /// Pending until `ready`; counts its polls and keeps the last waker.
+        struct Probe {
+            polls: Arc<AtomicUsize>,
+            ready: Arc<AtomicBool>,
+            waker: Arc<parking_lot::Mutex<Option<Waker>>>,
+        }
+        impl Future for Probe {
+            type Output = ();
+            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+                self.polls.fetch_add(1, Ordering::SeqCst);
+                *self.waker.lock() = Some(cx.waker().clone());
+                if self.ready.load(Ordering::SeqCst) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+        let polls = Arc::new(AtomicUsize::new(0));
+        let ready = Arc::new(AtomicBool::new(false));
+        let inner_waker = Arc::new(parking_lot::Mutex::new(None::<Waker>));
+        let mut fut = Box::pin(woken_only(Probe {
+            polls: polls.clone(),
+            ready: ready.clone(),
+            waker: inner_waker.clone(),
+        }));
+        let task_wakes = Arc::new(Counter(AtomicUsize::new(0)));
+        let task_waker = Waker::from(task_wakes.clone());
+        let mut cx = Context::from_waker(&task_waker);
+
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "the first poll reaches the inner future"
+        );
+        for _ in 0..10 {
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "other wakeups of the task skip it"
+        );
+
+        ready.store(true, Ordering::SeqCst);
+        inner_waker.lock().take().unwrap().wake();
+        assert_eq!(
+            task_wakes.0.load(Ordering::SeqCst),
+            1,
+            "its wake wakes the task"
+        );
+        assert!(fut.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+
+        struct Counter(AtomicUsize);
+        impl Wake for Counter {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
     }
 
     #[tokio::test]

@@ -470,11 +470,12 @@ impl Prepared {
             }
         };
         tokio::select! {
+            biased;
             _ = serve => {}
-            _ = handle.force.cancelled() => {
+            _ = crate::drain::woken_only(handle.force.cancelled()) => {
                 handle.stats.downstream_cx_drained.inc();
             }
-            _ = chain_force.cancelled() => {
+            _ = crate::drain::woken_only(chain_force.cancelled()) => {
                 handle.stats.downstream_cx_drained.inc();
             }
         }
