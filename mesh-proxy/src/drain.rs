@@ -197,9 +197,9 @@ impl<F: Future> Future for WokenOnly<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        // Registered before the flag is read: a wake in between sets the flag and is
-        // seen now, or wakes the task again.
-        // Every poll: a wake takes the registration out of the `AtomicWaker`.
+        // Registered on every poll (a wake takes the registration out) and before the
+        // flag is read: a wake in between sets the flag and is seen now, or wakes the
+        // task again.
         this.state.task.register(cx.waker());
         if !this.state.woken.swap(false, Ordering::AcqRel) {
             return Poll::Pending;

@@ -176,12 +176,17 @@ pub fn set(xds: &XdsServer, type_url: &str, resources: Vec<Value>) {
 }
 
 /// A free localhost port (bound then released; the tests bind it right after).
+/// A port for a listener the proxy will bind later. Drawn below the kernel's ephemeral
+/// range (32768-60999 by default): a port from `bind(0)` is free only until the next
+/// `bind(0)` or `connect` of another test process takes it, which once handed a proxy's
+/// listen port to another test's upstream (CI: `delta_tcp_proxy` greeted by "b").
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = rand::random_range(10_000..30_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Waits until `f` returns `Some` (polling), or panics after `WAIT` with `what`.
