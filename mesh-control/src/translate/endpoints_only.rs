@@ -47,9 +47,8 @@ pub fn generate_endpoints_for(
 }
 
 /// What a proxy's endpoints depend on besides the snapshot, as a key: proxies with equal
-/// classes get equal [`generate_endpoints`] from the same snapshot. (Keep it in step with
-/// what `Scope::build`, `Ctx::destination_rule` and the locality code read about the proxy;
-/// it errs on the side of more classes.)
+/// classes get equal [`generate_endpoints`] from the same snapshot. Labels count only where
+/// a selector of the config reads them (see [`super::sharing`]).
 pub fn endpoints_class(snapshot: &Snapshot, proxy: &Proxy) -> String {
     let (proxy, _) = resolve_proxy(snapshot, proxy);
     // NUL cannot occur in namespaces, label keys or values, localities or cluster ids.
@@ -60,12 +59,7 @@ pub fn endpoints_class(snapshot: &Snapshot, proxy: &Proxy) -> String {
         proxy.locality.as_deref().unwrap_or(""),
         proxy.cluster_id
     );
-    for (k, v) in &proxy.labels {
-        key.push('\0');
-        key.push_str(k);
-        key.push('\0');
-        key.push_str(v);
-    }
+    super::sharing::push_read_labels(snapshot, &proxy, &mut key);
     key
 }
 

@@ -2,7 +2,7 @@
 //! host names made fully qualified and delegates merged in, DestinationRules by host, and
 //! the problems found on the way (missing subsets, missing delegates, host conflicts).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use mesh_api::mesh_config::MeshConfig;
@@ -46,6 +46,8 @@ pub struct MeshIndex {
     dr_wildcards: Vec<usize>,
     /// EnvoyFilters, compiled, by priority then age.
     pub envoy_filters: Vec<Arc<super::envoy_filter::CompiledFilter>>,
+    /// The label keys translation may read from a proxy (see [`super::sharing`]).
+    pub label_keys_read: BTreeSet<String>,
 }
 
 /// A DestinationRule with its host resolved.
@@ -193,6 +195,7 @@ impl MeshIndex {
 
         report_host_conflicts(&index.virtual_services, &mut issues);
         index.envoy_filters = super::envoy_filter::compile(&config.envoy_filters, &mut issues);
+        index.label_keys_read = super::sharing::label_keys_read(config, mesh);
         (index, issues)
     }
 

@@ -18,6 +18,7 @@ mod metadata;
 mod policy;
 mod route;
 mod scope;
+pub mod sharing;
 mod util;
 
 #[cfg(test)]
@@ -153,6 +154,31 @@ fn sorted(mut v: Vec<Named>) -> Vec<Named> {
 
 /// Generates every resource for `proxy` from `snapshot`.
 pub fn generate(snapshot: &Snapshot, proxy: &Proxy) -> Generated {
+    generate_part(snapshot, proxy, Part::All)
+}
+
+/// The part of a sidecar's config that every proxy of its
+/// [`sharing::generation_class`] gets: outbound clusters, endpoints, outbound listeners and
+/// route configurations. With [`generate_own`] it makes [`generate`]'s output, for proxies
+/// that have a class.
+pub fn generate_shared(snapshot: &Snapshot, proxy: &Proxy) -> Generated {
+    generate_part(snapshot, proxy, Part::Shared)
+}
+
+/// The part of a sidecar's config that is its own: inbound clusters and the virtual
+/// inbound listener, from its Pod's Services.
+pub fn generate_own(snapshot: &Snapshot, proxy: &Proxy) -> Generated {
+    generate_part(snapshot, proxy, Part::Own)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    All,
+    Shared,
+    Own,
+}
+
+fn generate_part(snapshot: &Snapshot, proxy: &Proxy, part: Part) -> Generated {
     let (proxy, workload) = resolve_proxy(snapshot, proxy);
     let scope = Scope::build(snapshot, &proxy);
     let ctx = Ctx {
@@ -162,50 +188,41 @@ pub fn generate(snapshot: &Snapshot, proxy: &Proxy) -> Generated {
         scope,
         dr_cache: Default::default(),
     };
+    let (shared, own) = (part != Part::Own, part != Part::Shared);
 
-    let mut clusters = Vec::with_capacity(ctx.scope.services.len() * 2 + 8);
-    let mut endpoints = Vec::with_capacity(ctx.scope.services.len() * 2);
+    let mut clusters = Vec::new();
+    let mut endpoints = Vec::new();
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
-    cluster::outbound(&ctx, &mut clusters);
-    endpoint::all(&ctx, &mut endpoints);
+    if shared {
+        clusters.reserve(ctx.scope.services.len() * 2 + 8);
+        endpoints.reserve(ctx.scope.services.len() * 2);
+        cluster::outbound(&ctx, &mut clusters);
+        endpoint::all(&ctx, &mut endpoints);
+    }
 
     match ctx.proxy.kind {
         ProxyKind::Sidecar => {
-            let mut needs = listener::RdsNeeds::default();
-            listener::outbound(&ctx, &mut listeners, &mut needs);
-            if ctx.proxy.interception_mode != InterceptionMode::None {
-                listeners.push(listener::virtual_outbound(&ctx));
+            if shared {
+                outbound_sidecar(&ctx, &mut listeners, &mut routes);
             }
-            let ports = inbound_ports(&ctx);
-            let cluster_ports: Vec<_> = ports.iter().map(|p| (p.port, p.protocol)).collect();
-            cluster::inbound(&ctx, &cluster_ports, &mut clusters);
-            if ctx.proxy.interception_mode != InterceptionMode::None {
-                listeners.push(listener::virtual_inbound(&ctx, &ports));
-            }
-            // Virtual hosts per port, built once: the port's route configuration and the
-            // `host:port` ones of undeclared-protocol services on it share them.
-            let mut vhosts: std::collections::BTreeMap<u16, Vec<_>> = Default::default();
-            for port in needs
-                .ports
-                .iter()
-                .chain(needs.sniffed.iter().map(|(_, p)| p))
-            {
-                vhosts
-                    .entry(*port)
-                    .or_insert_with(|| route::outbound_virtual_hosts(&ctx, *port));
-            }
-            for (svc, port) in &needs.sniffed {
-                routes.push(route::sniffed_route_config(svc, *port, &vhosts[port]));
-            }
-            for port in &needs.ports {
-                let port_vhosts = vhosts.remove(port).unwrap_or_default();
-                routes.push(route::outbound_route_config(&ctx, *port, port_vhosts));
+            if own {
+                let ports = inbound_ports(&ctx);
+                let cluster_ports: Vec<_> = ports.iter().map(|p| (p.port, p.protocol)).collect();
+                cluster::inbound(&ctx, &cluster_ports, &mut clusters);
+                if ctx.proxy.interception_mode != InterceptionMode::None {
+                    listeners.push(listener::virtual_inbound(&ctx, &ports));
+                }
             }
         }
-        ProxyKind::Router => gateway::generate(&ctx, &mut listeners, &mut routes),
+        ProxyKind::Router if shared => gateway::generate(&ctx, &mut listeners, &mut routes),
+        ProxyKind::Router => {}
     }
-    apply_envoy_filters(&ctx, &mut listeners, &mut routes);
+    // Patches may add or remove resources of either part: patched proxies have no class,
+    // so they are only ever generated whole.
+    if part == Part::All {
+        apply_envoy_filters(&ctx, &mut listeners, &mut routes);
+    }
 
     Generated {
         listeners: sorted(listeners.iter().map(|l| pack(l.name.clone(), l)).collect()),
@@ -213,6 +230,38 @@ pub fn generate(snapshot: &Snapshot, proxy: &Proxy) -> Generated {
         clusters: sorted(clusters),
         endpoints: sorted(endpoints),
         secrets: Vec::new(),
+    }
+}
+
+/// A sidecar's outbound listeners and their route configurations.
+fn outbound_sidecar(
+    ctx: &Ctx<'_>,
+    listeners: &mut Vec<envoy_types::pb::envoy::config::listener::v3::Listener>,
+    routes: &mut Vec<envoy_types::pb::envoy::config::route::v3::RouteConfiguration>,
+) {
+    let mut needs = listener::RdsNeeds::default();
+    listener::outbound(ctx, listeners, &mut needs);
+    if ctx.proxy.interception_mode != InterceptionMode::None {
+        listeners.push(listener::virtual_outbound(ctx));
+    }
+    // Virtual hosts per port, built once: the port's route configuration and the
+    // `host:port` ones of undeclared-protocol services on it share them.
+    let mut vhosts: std::collections::BTreeMap<u16, Vec<_>> = Default::default();
+    for port in needs
+        .ports
+        .iter()
+        .chain(needs.sniffed.iter().map(|(_, p)| p))
+    {
+        vhosts
+            .entry(*port)
+            .or_insert_with(|| route::outbound_virtual_hosts(ctx, *port));
+    }
+    for (svc, port) in &needs.sniffed {
+        routes.push(route::sniffed_route_config(svc, *port, &vhosts[port]));
+    }
+    for port in &needs.ports {
+        let port_vhosts = vhosts.remove(port).unwrap_or_default();
+        routes.push(route::outbound_route_config(ctx, *port, port_vhosts));
     }
 }
 

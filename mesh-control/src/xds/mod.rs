@@ -70,6 +70,13 @@ pub trait Generator: Send + Sync + 'static {
         None
     }
 
+    /// A full generation in two parts: one shared by a class of proxies, generated once per
+    /// class and config version, and the proxy's own. `None` (the default): the proxy's
+    /// config is generated whole.
+    fn shared_generation<'a>(&'a self, _proxy: &'a Proxy) -> Option<SharedGeneration<'a>> {
+        None
+    }
+
     /// An incremental endpoints update for a proxy whose resources were generated from
     /// `from`: the load assignments that changed since, to replace in what it has. `None`
     /// (the default, or when more than endpoints changed): regenerate all its endpoints.
@@ -94,6 +101,19 @@ pub struct SharedEndpoints<'a> {
     pub token: Option<ConfigToken>,
     /// Generates them (from that version).
     pub generate: Box<dyn FnOnce() -> Vec<Named> + 'a>,
+}
+
+/// A generation split by what a class of proxies shares (see
+/// [`Generator::shared_generation`]). The two parts together are the proxy's whole config;
+/// a name in both keeps the shared resource.
+pub struct SharedGeneration<'a> {
+    /// The config version both parts are generated from.
+    pub version: u64,
+    /// Proxies with the same class and version get the same shared part.
+    pub class: String,
+    pub token: Option<ConfigToken>,
+    pub shared: Box<dyn FnOnce() -> Generated + 'a>,
+    pub own: Box<dyn FnOnce() -> Generated + 'a>,
 }
 
 /// Changed load assignments (see [`Generator::endpoints_delta`]): proxies with the same
@@ -142,6 +162,19 @@ impl Generator for StoreGenerator {
             generate: Box::new(move || {
                 translate::endpoints_only::generate_endpoints(&snapshot, proxy)
             }),
+        })
+    }
+
+    fn shared_generation<'a>(&'a self, proxy: &'a Proxy) -> Option<SharedGeneration<'a>> {
+        let snapshot = self.0.snapshot();
+        let class = translate::sharing::generation_class(&snapshot, proxy)?;
+        let own = snapshot.clone();
+        Some(SharedGeneration {
+            version: snapshot.version(),
+            class,
+            token: Some(snapshot.clone()),
+            shared: Box::new(move || translate::generate_shared(&snapshot, proxy)),
+            own: Box::new(move || translate::generate_own(&own, proxy)),
         })
     }
 

@@ -392,6 +392,51 @@ impl Interner {
         (ProxyResources { types, token: None }, problems)
     }
 
+    /// A proxy's resources from the part its class shares and its own part. Types the own
+    /// part has nothing of are the shared sets themselves (no copy); the others are merged
+    /// by name, the shared resource winning a clash (reported).
+    pub fn with_own(
+        &self,
+        shared: &ProxyResources,
+        own: Generated,
+    ) -> (ProxyResources, Vec<String>) {
+        let Generated {
+            listeners,
+            routes,
+            clusters,
+            endpoints,
+            secrets,
+        } = own;
+        let mut problems = Vec::new();
+        let mut types = shared.types.clone();
+        for (ty, named) in [
+            (XdsType::Cluster, clusters),
+            (XdsType::Endpoint, endpoints),
+            (XdsType::Listener, listeners),
+            (XdsType::Route, routes),
+            (XdsType::Secret, secrets),
+        ] {
+            if named.is_empty() {
+                continue;
+            }
+            let (own_set, mut p) = self.type_resources(ty, named);
+            problems.append(&mut p);
+            let base = &shared.types[ty.index()];
+            let mut items = base.items.clone();
+            for (name, v) in &own_set.items {
+                if items.contains_key(name) {
+                    problems.push(format!(
+                        "{ty} resource {name:?} generated twice, kept the first"
+                    ));
+                    continue;
+                }
+                items.insert(name.clone(), v.clone());
+            }
+            types[ty.index()] = self.intern_set(ty, items);
+        }
+        (ProxyResources { types, token: None }, problems)
+    }
+
     /// Live shared resources and sets (for metrics and tests).
     pub fn len(&self) -> (usize, usize) {
         (self.resources.lock().live(), self.sets.lock().live())

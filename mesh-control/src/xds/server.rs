@@ -68,18 +68,33 @@ pub struct XdsServer {
     cpu: Arc<Semaphore>,
     interner: Arc<Interner>,
     shared_endpoints: Arc<Mutex<EndpointsMemo>>,
+    shared_generations: Arc<Mutex<GenerationMemo>>,
     endpoint_deltas: Arc<Mutex<DeltaMemo>>,
     shutdown: CancellationToken,
 }
 
-/// Endpoint sets of the current config version by proxy class (see
-/// [`Generator::shared_endpoints`]): the first proxy of a class generates, the others of
-/// the push wait for it and share the result.
-#[derive(Debug, Default)]
-struct EndpointsMemo {
+/// Results of the current config version by proxy class: the first proxy of a class
+/// generates, the others of the push wait for it and share the result.
+#[derive(Debug)]
+struct ClassMemo<T> {
     version: u64,
-    classes: HashMap<String, Arc<OnceLock<Arc<TypeResources>>>>,
+    classes: HashMap<String, Arc<OnceLock<T>>>,
 }
+
+impl<T> Default for ClassMemo<T> {
+    fn default() -> Self {
+        ClassMemo {
+            version: 0,
+            classes: HashMap::new(),
+        }
+    }
+}
+
+/// Endpoint sets (see [`Generator::shared_endpoints`]).
+type EndpointsMemo = ClassMemo<Arc<TypeResources>>;
+
+/// The shared parts of full generations (see [`Generator::shared_generation`]).
+type GenerationMemo = ClassMemo<Arc<ProxyResources>>;
 
 /// Changed load assignments by proxy class for the current pair of config versions (see
 /// [`Generator::endpoints_delta`]).
@@ -109,8 +124,8 @@ impl DeltaMemo {
     }
 }
 
-impl EndpointsMemo {
-    fn cell(&mut self, version: u64, class: String) -> Arc<OnceLock<Arc<TypeResources>>> {
+impl<T> ClassMemo<T> {
+    fn cell(&mut self, version: u64, class: String) -> Arc<OnceLock<T>> {
         if version != self.version {
             if version < self.version {
                 // A generation racing a newer config: correct, but not shared.
@@ -147,6 +162,7 @@ impl XdsServer {
             cpu: Arc::new(Semaphore::new(config.generate_concurrency.max(1))),
             interner: Arc::default(),
             shared_endpoints: Arc::default(),
+            shared_generations: Arc::default(),
             endpoint_deltas: Arc::default(),
             shutdown,
         })
@@ -210,6 +226,7 @@ impl XdsServer {
         let generator = self.generator.clone();
         let interner = self.interner.clone();
         let memos = (self.shared_endpoints.clone(), self.endpoint_deltas.clone());
+        let generations = self.shared_generations.clone();
         let prev = previous.clone();
         let id = proxy.id.clone();
         let _cpu = self.cpu.acquire().await;
@@ -218,11 +235,7 @@ impl XdsServer {
                 (true, Some(prev)) => {
                     endpoints_update(&*generator, &interner, &memos, &proxy, &prev)
                 }
-                _ => {
-                    let (generated, token) = generator.generate_with_token(&proxy);
-                    let (res, problems) = interner.proxy_resources(generated);
-                    (res.with_token(token), problems)
-                }
+                _ => full_generation(&*generator, &interner, &generations, &proxy),
             };
             for problem in problems {
                 warn!(proxy = %proxy.id, "generated config: {problem}");
@@ -400,6 +413,31 @@ impl XdsServer {
 /// that changed replaced (incremental, when the generator can tell what changed since the
 /// proxy's config), else with all its endpoints regenerated; either way computed once per
 /// class of proxies that get the same, and shared.
+/// A proxy's whole config: the part its class shares taken from (or put in) the memo, and
+/// its own part generated; or all of it generated, for a proxy without a class.
+fn full_generation(
+    generator: &dyn Generator,
+    interner: &Interner,
+    memo: &Mutex<GenerationMemo>,
+    proxy: &Proxy,
+) -> (ProxyResources, Vec<String>) {
+    let Some(split) = generator.shared_generation(proxy) else {
+        let (generated, token) = generator.generate_with_token(proxy);
+        let (res, problems) = interner.proxy_resources(generated);
+        return (res.with_token(token), problems);
+    };
+    let mut problems = Vec::new();
+    let cell = memo.lock().cell(split.version, split.class);
+    let shared = cell.get_or_init(|| {
+        let (res, p) = interner.proxy_resources((split.shared)());
+        problems = p;
+        Arc::new(res)
+    });
+    let (res, mut p) = interner.with_own(shared, (split.own)());
+    problems.append(&mut p);
+    (res.with_token(split.token), problems)
+}
+
 fn endpoints_update(
     generator: &dyn Generator,
     interner: &Interner,
