@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 
 use super::resources::{ProxyResources, TypeResources, Versioned};
@@ -30,6 +30,7 @@ use super::sotw::Handled;
 use super::status::{Now, SyncStatus};
 use super::subscription::Subscription;
 use super::types::{TypeSet, XdsType};
+use super::wire::Outgoing;
 use super::{AckKind, CONTROL_PLANE_ID};
 
 #[derive(Debug)]
@@ -70,7 +71,7 @@ impl DeltaStream {
         res: &ProxyResources,
         status: &mut SyncStatus,
         now: Now,
-    ) -> Handled<DeltaDiscoveryResponse> {
+    ) -> Handled<Outgoing<DeltaDiscoveryResponse>> {
         let Some(ty) = XdsType::from_type_url(&req.type_url) else {
             return self.on_unknown(req);
         };
@@ -196,7 +197,7 @@ impl DeltaStream {
         types: TypeSet,
         status: &mut SyncStatus,
         now: Now,
-    ) -> Vec<(XdsType, DeltaDiscoveryResponse)> {
+    ) -> Vec<(XdsType, Outgoing<DeltaDiscoveryResponse>)> {
         let mut out = Vec::new();
         for ty in XdsType::PUSH_ORDER {
             if !types.contains(ty) {
@@ -228,23 +229,18 @@ impl DeltaStream {
         pending: Pending,
         status: &mut SyncStatus,
         now: Now,
-    ) -> DeltaDiscoveryResponse {
+    ) -> Outgoing<DeltaDiscoveryResponse> {
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         let typed = res.get(ty);
         let Some(state) = self.types.get_mut(&ty) else {
-            return DeltaDiscoveryResponse::default();
+            return Outgoing::default();
         };
         let mut resources = Vec::with_capacity(pending.send.len());
         for name in pending.send {
             if let Some(v) = typed.get(&name) {
                 state.known.insert(name.clone(), v.version.clone());
-                resources.push(Resource {
-                    name,
-                    version: v.version.to_string(),
-                    resource: Some(v.resource.clone()),
-                    ..Default::default()
-                });
+                resources.push(v.clone());
             }
         }
         let removed: Vec<String> = pending.remove.into_iter().collect();
@@ -262,20 +258,22 @@ impl DeltaStream {
             removed.len(),
             now,
         );
-        DeltaDiscoveryResponse {
-            system_version_info: version,
+        Outgoing {
+            head: DeltaDiscoveryResponse {
+                system_version_info: version,
+                type_url: ty.type_url().to_string(),
+                removed_resources: removed,
+                nonce,
+                control_plane: Some(ControlPlane {
+                    identifier: CONTROL_PLANE_ID.to_string(),
+                }),
+                ..Default::default()
+            },
             resources,
-            type_url: ty.type_url().to_string(),
-            removed_resources: removed,
-            nonce,
-            control_plane: Some(ControlPlane {
-                identifier: CONTROL_PLANE_ID.to_string(),
-            }),
-            ..Default::default()
         }
     }
 
-    fn on_unknown(&mut self, req: &DeltaDiscoveryRequest) -> Handled<DeltaDiscoveryResponse> {
+    fn on_unknown(&mut self, req: &DeltaDiscoveryRequest) -> Handled<Outgoing<DeltaDiscoveryResponse>> {
         if !req.response_nonce.is_empty() || !self.unknown.insert(req.type_url.clone()) {
             return Handled {
                 ty: None,
@@ -287,11 +285,11 @@ impl DeltaStream {
         Handled {
             ty: None,
             ack: AckKind::Ignored,
-            response: Some(DeltaDiscoveryResponse {
+            response: Some(Outgoing::new(DeltaDiscoveryResponse {
                 type_url: req.type_url.clone(),
                 nonce: self.nonce.to_string(),
                 ..Default::default()
-            }),
+            })),
         }
     }
 
@@ -402,8 +400,8 @@ mod tests {
         }
     }
 
-    fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
-        r.resources.iter().map(|r| r.name.as_str()).collect()
+    fn names(r: &Outgoing<DeltaDiscoveryResponse>) -> Vec<&str> {
+        r.resources.iter().map(|r| &*r.name).collect()
     }
 
     #[test]
@@ -421,7 +419,7 @@ mod tests {
         let base = d.types[&XdsType::Cluster].base.as_ref().unwrap();
         assert!(Arc::ptr_eq(base, res.get_arc(XdsType::Cluster)));
         let h = d.on_request(
-            &req(XdsType::Cluster, &[], &[], &r.nonce),
+            &req(XdsType::Cluster, &[], &[], &r.head.nonce),
             &res,
             &mut st,
             now,
@@ -435,7 +433,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         let (_, r2) = &out[0];
         assert_eq!(names(r2), ["a", "c"]);
-        assert_eq!(r2.removed_resources, ["b"]);
+        assert_eq!(r2.head.removed_resources, ["b"]);
         // Nothing changed: nothing sent.
         assert!(d.on_push(&res2, TypeSet::ALL, &mut st, now).is_empty());
     }
@@ -460,7 +458,7 @@ mod tests {
             .response
             .unwrap();
         assert_eq!(names(&resp), ["b"]);
-        assert_eq!(resp.removed_resources, ["gone"]);
+        assert_eq!(resp.head.removed_resources, ["gone"]);
     }
 
     #[test]
@@ -480,7 +478,7 @@ mod tests {
             .unwrap();
         assert_eq!(names(&r), ["a"]);
         assert_eq!(
-            r.removed_resources,
+            r.head.removed_resources,
             ["nope"],
             "a missing name is reported removed"
         );
@@ -497,7 +495,7 @@ mod tests {
         assert_eq!(names(&r2), ["b"]);
         // Unsubscribe: no response; a later change of b is not sent.
         let h = d.on_request(
-            &req(XdsType::Endpoint, &[], &["b"], &r2.nonce),
+            &req(XdsType::Endpoint, &[], &["b"], &r2.head.nonce),
             &res,
             &mut st,
             now,
@@ -533,7 +531,7 @@ mod tests {
             .response
             .unwrap();
         assert_eq!(names(&r), ["a"]);
-        assert_eq!(r.removed_resources, ["x"]);
+        assert_eq!(r.head.removed_resources, ["x"]);
     }
 
     #[test]
@@ -546,7 +544,7 @@ mod tests {
             .on_request(&req(XdsType::Cluster, &[], &[], ""), &res, &mut st, now)
             .response
             .unwrap();
-        let mut nack = req(XdsType::Cluster, &[], &[], &r.nonce);
+        let mut nack = req(XdsType::Cluster, &[], &[], &r.head.nonce);
         nack.error_detail = Some(RpcStatus {
             code: 3,
             message: "no".into(),

@@ -14,6 +14,7 @@ pub mod sotw;
 pub mod status;
 pub mod subscription;
 pub mod types;
+pub mod wire;
 
 use std::sync::Arc;
 

@@ -12,9 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -33,6 +30,7 @@ use super::resources::{Interner, ProxyResources, TypeResources, Versioned};
 use super::sotw::{Handled, SotwStream};
 use super::status::{Now, SyncStatus};
 use super::types::{TypeSet, XdsType};
+use super::wire::{Ads, AdsServer, Outgoing};
 use super::{AckKind, EndpointsChange, Generator, Registry, XdsError};
 use crate::model::Proxy;
 use crate::monitoring::metrics::{Metrics, TypeLabel};
@@ -199,9 +197,7 @@ impl XdsServer {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .add_service(
-                AggregatedDiscoveryServiceServer::new(AdsService(self))
-                    .max_decoding_message_size(16 << 20)
-                    .max_encoding_message_size(usize::MAX),
+                AdsServer::new(AdsService(self), 16 << 20),
             )
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await?;
@@ -527,7 +523,7 @@ trait Variant: Default + Send + 'static {
 
 impl Variant for SotwStream {
     type Req = DiscoveryRequest;
-    type Resp = DiscoveryResponse;
+    type Resp = Outgoing<DiscoveryResponse>;
     const PROTOCOL: Protocol = Protocol::Sotw;
     fn node(req: &DiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
@@ -541,7 +537,7 @@ impl Variant for SotwStream {
         res: &ProxyResources,
         status: &mut SyncStatus,
         now: Now,
-    ) -> Handled<DiscoveryResponse> {
+    ) -> Handled<Self::Resp> {
         SotwStream::on_request(self, req, res, status, now)
     }
     fn on_push(
@@ -550,14 +546,14 @@ impl Variant for SotwStream {
         types: TypeSet,
         status: &mut SyncStatus,
         now: Now,
-    ) -> Vec<(XdsType, DiscoveryResponse)> {
+    ) -> Vec<(XdsType, Self::Resp)> {
         SotwStream::on_push(self, res, types, status, now)
     }
 }
 
 impl Variant for DeltaStream {
     type Req = DeltaDiscoveryRequest;
-    type Resp = DeltaDiscoveryResponse;
+    type Resp = Outgoing<DeltaDiscoveryResponse>;
     const PROTOCOL: Protocol = Protocol::Delta;
     fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
@@ -571,7 +567,7 @@ impl Variant for DeltaStream {
         res: &ProxyResources,
         status: &mut SyncStatus,
         now: Now,
-    ) -> Handled<DeltaDiscoveryResponse> {
+    ) -> Handled<Self::Resp> {
         DeltaStream::on_request(self, req, res, status, now)
     }
     fn on_push(
@@ -580,7 +576,7 @@ impl Variant for DeltaStream {
         types: TypeSet,
         status: &mut SyncStatus,
         now: Now,
-    ) -> Vec<(XdsType, DeltaDiscoveryResponse)> {
+    ) -> Vec<(XdsType, Self::Resp)> {
         DeltaStream::on_push(self, res, types, status, now)
     }
 }
@@ -595,14 +591,14 @@ const RESPONSE_BUFFER: usize = 16;
 struct AdsService(Arc<XdsServer>);
 
 #[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+impl Ads for AdsService {
+    type SotwStream = ResponseStream<Outgoing<DiscoveryResponse>>;
+    type DeltaStream = ResponseStream<Outgoing<DeltaDiscoveryResponse>>;
 
-    async fn stream_aggregated_resources(
+    async fn sotw(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+    ) -> Result<Response<Self::SotwStream>, Status> {
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         tokio::spawn(
@@ -613,10 +609,10 @@ impl AggregatedDiscoveryService for AdsService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn delta_aggregated_resources(
+    async fn delta(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+    ) -> Result<Response<Self::DeltaStream>, Status> {
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         tokio::spawn(

@@ -20,12 +20,12 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use envoy_types::pb::google::protobuf::Any;
 
-use super::resources::{ProxyResources, TypeResources};
+use super::resources::{ProxyResources, TypeResources, Versioned};
 use super::status::{Now, SyncStatus};
 use super::subscription::Subscription;
 use super::types::{TypeSet, XdsType};
+use super::wire::Outgoing;
 use super::{AckKind, CONTROL_PLANE_ID};
 
 /// One type's protocol state on the stream.
@@ -75,7 +75,7 @@ impl SotwStream {
         res: &ProxyResources,
         status: &mut SyncStatus,
         now: Now,
-    ) -> Handled<DiscoveryResponse> {
+    ) -> Handled<Outgoing<DiscoveryResponse>> {
         let Some(ty) = XdsType::from_type_url(&req.type_url) else {
             return self.on_unknown(req);
         };
@@ -145,7 +145,7 @@ impl SotwStream {
         types: TypeSet,
         status: &mut SyncStatus,
         now: Now,
-    ) -> Vec<(XdsType, DiscoveryResponse)> {
+    ) -> Vec<(XdsType, Outgoing<DiscoveryResponse>)> {
         let mut out = Vec::new();
         for ty in XdsType::PUSH_ORDER {
             if !types.contains(ty) {
@@ -172,10 +172,10 @@ impl SotwStream {
                     continue;
                 }
                 Some(changed) if !ty.supports_wildcard() => {
-                    let resources: Vec<Any> = changed
+                    let resources: Vec<Arc<Versioned>> = changed
                         .iter()
                         .filter_map(|name| new.get(name))
-                        .map(|v| v.resource.clone())
+                        .cloned()
                         .collect();
                     if resources.is_empty() {
                         // Only removals, which SotW cannot express for these types (the client
@@ -201,13 +201,13 @@ impl SotwStream {
         res: &ProxyResources,
         status: &mut SyncStatus,
         now: Now,
-        partial: Option<Vec<Any>>,
-    ) -> DiscoveryResponse {
+        partial: Option<Vec<Arc<Versioned>>>,
+    ) -> Outgoing<DiscoveryResponse> {
         let nonce = self.next_nonce();
         let typed = res.get(ty);
         let Some(state) = self.types.get_mut(&ty) else {
             // Unreachable: callers respond only for opened types.
-            return DiscoveryResponse::default();
+            return Outgoing::default();
         };
         // The version of the type's whole set and of the selection: it changes whenever
         // anything the client selects changes, and costs nothing to compute.
@@ -215,7 +215,7 @@ impl SotwStream {
         let resources: Vec<_> = partial.unwrap_or_else(|| {
             typed
                 .selected(&state.sub)
-                .map(|(_, v)| v.resource.clone())
+                .map(|(_, v)| v.clone())
                 .collect()
         });
         state.last_nonce = Some(nonce.clone());
@@ -223,21 +223,23 @@ impl SotwStream {
         status
             .get_mut(ty)
             .record_sent(version.clone(), nonce.clone(), resources.len(), 0, now);
-        DiscoveryResponse {
-            version_info: version,
+        Outgoing {
+            head: DiscoveryResponse {
+                version_info: version,
+                type_url: ty.type_url().to_string(),
+                nonce,
+                control_plane: Some(ControlPlane {
+                    identifier: CONTROL_PLANE_ID.to_string(),
+                }),
+                ..Default::default()
+            },
             resources,
-            type_url: ty.type_url().to_string(),
-            nonce,
-            control_plane: Some(ControlPlane {
-                identifier: CONTROL_PLANE_ID.to_string(),
-            }),
-            ..Default::default()
         }
     }
 
     /// A type we do not serve: answered once with an empty response so that a client
     /// waiting for it during initialization is not stuck; ACKs of it are ignored.
-    fn on_unknown(&mut self, req: &DiscoveryRequest) -> Handled<DiscoveryResponse> {
+    fn on_unknown(&mut self, req: &DiscoveryRequest) -> Handled<Outgoing<DiscoveryResponse>> {
         if !req.response_nonce.is_empty() || self.unknown.contains_key(&req.type_url) {
             return Handled {
                 ty: None,
@@ -250,11 +252,11 @@ impl SotwStream {
         Handled {
             ty: None,
             ack: AckKind::Ignored,
-            response: Some(DiscoveryResponse {
+            response: Some(Outgoing::new(DiscoveryResponse {
                 type_url: req.type_url.clone(),
                 nonce,
                 ..Default::default()
-            }),
+            })),
         }
     }
 
@@ -358,7 +360,7 @@ mod tests {
 
         // ACK: no response, SYNCED.
         let h = s.on_request(
-            &req(XdsType::Cluster, &[], &r.version_info, &r.nonce),
+            &req(XdsType::Cluster, &[], &r.head.version_info, &r.head.nonce),
             &res,
             &mut st,
             now,
@@ -375,8 +377,8 @@ mod tests {
         let pushed = s.on_push(&res2, TypeSet::ALL, &mut st, now);
         assert_eq!(pushed.len(), 1);
         let (_, r2) = &pushed[0];
-        assert_ne!(r2.version_info, r.version_info);
-        let mut nack = req(XdsType::Cluster, &[], &r.version_info, &r2.nonce);
+        assert_ne!(r2.head.version_info, r.head.version_info);
+        let mut nack = req(XdsType::Cluster, &[], &r.head.version_info, &r2.head.nonce);
         nack.error_detail = Some(RpcStatus {
             code: 3,
             message: "cluster a: bad lb_policy".into(),
@@ -396,7 +398,7 @@ mod tests {
 
         // An old nonce is stale and ignored.
         let h = s.on_request(
-            &req(XdsType::Cluster, &[], &r.version_info, &r.nonce),
+            &req(XdsType::Cluster, &[], &r.head.version_info, &r.head.nonce),
             &res2,
             &mut st,
             now,
@@ -419,7 +421,7 @@ mod tests {
         assert_eq!(r.resources.len(), 1);
         // ACK that also adds b: must be answered with a and b.
         let h = s.on_request(
-            &req(XdsType::Endpoint, &["a", "b"], &r.version_info, &r.nonce),
+            &req(XdsType::Endpoint, &["a", "b"], &r.head.version_info, &r.head.nonce),
             &res,
             &mut st,
             now,
@@ -437,20 +439,20 @@ mod tests {
         assert_eq!(
             r3.resources
                 .iter()
-                .map(|a| a.value.as_slice())
+                .map(|a| a.resource.value.as_slice())
                 .collect::<Vec<_>>(),
             [b"2".as_slice()],
             "only b changed"
         );
-        assert_ne!(r3.version_info, r2.version_info);
+        assert_ne!(r3.head.version_info, r2.head.version_info);
         // Its version is that of everything selected: the same as a full answer's.
         let full = s
             .on_request(
                 &req(
                     XdsType::Endpoint,
                     &["a", "b", "c"],
-                    &r3.version_info,
-                    &r3.nonce,
+                    &r3.head.version_info,
+                    &r3.head.nonce,
                 ),
                 &res3,
                 &mut st,
