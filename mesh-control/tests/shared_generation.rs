@@ -285,7 +285,10 @@ async fn the_server_shares_one_generation_per_class() {
     for ty in [XdsType::Route, XdsType::Endpoint] {
         assert!(held[0].shares(&held[2], ty), "{ty}");
     }
-    // Clusters hold each proxy's inbound ones too: equal outbound resources, distinct sets.
+    // Clusters hold each proxy's inbound ones too. web-1 and web-2 serve the same port:
+    // one merged set. cart-1 serves another: its own set, with the same outbound resources.
+    assert!(held[0].shares(&held[1], XdsType::Cluster));
+    assert!(held[0].shares(&held[1], XdsType::Listener));
     assert!(!held[0].shares(&held[2], XdsType::Cluster));
     let outbound = |i: usize| -> Vec<*const _> {
         held[i]

@@ -180,7 +180,10 @@ enum Part {
 
 fn generate_part(snapshot: &Snapshot, proxy: &Proxy, part: Part) -> Generated {
     let (proxy, workload) = resolve_proxy(snapshot, proxy);
-    let scope = Scope::build(snapshot, &proxy);
+    let scope = match part {
+        Part::Own => Scope::for_inbound(snapshot, &proxy),
+        Part::All | Part::Shared => Scope::build(snapshot, &proxy),
+    };
     let ctx = Ctx {
         snapshot,
         proxy,

@@ -77,6 +77,13 @@ impl Scope {
         Scope::build_with(snapshot, proxy, hosts, false)
     }
 
+    /// The scope a proxy's own (inbound) part needs: the Sidecar's settings without the
+    /// visible services and VirtualServices, which inbound generation never reads. Every
+    /// proxy of a push builds this one, so it skips what it can.
+    pub fn for_inbound(snapshot: &Snapshot, proxy: &Proxy) -> Scope {
+        Scope::build_with(snapshot, proxy, Some(&HashSet::new()), false)
+    }
+
     fn build_with(
         snapshot: &Snapshot,
         proxy: &Proxy,

@@ -273,7 +273,10 @@ impl DeltaStream {
         }
     }
 
-    fn on_unknown(&mut self, req: &DeltaDiscoveryRequest) -> Handled<Outgoing<DeltaDiscoveryResponse>> {
+    fn on_unknown(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+    ) -> Handled<Outgoing<DeltaDiscoveryResponse>> {
         if !req.response_nonce.is_empty() || !self.unknown.insert(req.type_url.clone()) {
             return Handled {
                 ty: None,

@@ -178,7 +178,21 @@ pub struct Interner {
     /// Recent [`Interner::replace`] results: an endpoints push makes the same replacement
     /// in the same set for every proxy that shares it, and the copy is the costly part.
     replaced: Mutex<VecDeque<Replaced>>,
+    /// Recent [`Interner::with_own`] merges: proxies of one class whose own parts are equal
+    /// (replicas, or workloads serving the same ports) get the same merged set.
+    merged: Mutex<VecDeque<Merged>>,
 }
+
+/// One merge, holding its inputs so their addresses cannot be reused while cached.
+#[derive(Debug)]
+struct Merged {
+    shared: Arc<TypeResources>,
+    own: Arc<TypeResources>,
+    result: Arc<TypeResources>,
+}
+
+/// Merges remembered (a push has about one per class and distinct set of own ports).
+const MERGED_KEPT: usize = 64;
 
 /// One replacement, holding its inputs so their addresses cannot be reused while cached.
 #[derive(Debug)]
@@ -422,6 +436,11 @@ impl Interner {
             let (own_set, mut p) = self.type_resources(ty, named);
             problems.append(&mut p);
             let base = &shared.types[ty.index()];
+            let same = |m: &&Merged| Arc::ptr_eq(&m.shared, base) && Arc::ptr_eq(&m.own, &own_set);
+            if let Some(m) = self.merged.lock().iter().find(same) {
+                types[ty.index()] = m.result.clone();
+                continue;
+            }
             let mut items = base.items.clone();
             for (name, v) in &own_set.items {
                 if items.contains_key(name) {
@@ -432,7 +451,17 @@ impl Interner {
                 }
                 items.insert(name.clone(), v.clone());
             }
-            types[ty.index()] = self.intern_set(ty, items);
+            let result = self.intern_set(ty, items);
+            let mut merged = self.merged.lock();
+            if merged.len() >= MERGED_KEPT {
+                merged.pop_front();
+            }
+            merged.push_back(Merged {
+                shared: base.clone(),
+                own: own_set,
+                result: result.clone(),
+            });
+            types[ty.index()] = result;
         }
         (ProxyResources { types, token: None }, problems)
     }

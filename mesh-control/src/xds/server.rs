@@ -196,9 +196,7 @@ impl XdsServer {
         let incoming = TcpListenerStream::new(listener);
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .add_service(
-                AdsServer::new(AdsService(self), 16 << 20),
-            )
+            .add_service(AdsServer::new(AdsService(self), 16 << 20))
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await?;
         Ok(())

@@ -212,12 +212,8 @@ impl SotwStream {
         // The version of the type's whole set and of the selection: it changes whenever
         // anything the client selects changes, and costs nothing to compute.
         let version = format!("{}-{}", typed.version(), state.sub_epoch);
-        let resources: Vec<_> = partial.unwrap_or_else(|| {
-            typed
-                .selected(&state.sub)
-                .map(|(_, v)| v.clone())
-                .collect()
-        });
+        let resources: Vec<_> =
+            partial.unwrap_or_else(|| typed.selected(&state.sub).map(|(_, v)| v.clone()).collect());
         state.last_nonce = Some(nonce.clone());
         state.sent_set = Some(res.get_arc(ty).clone());
         status
@@ -421,7 +417,12 @@ mod tests {
         assert_eq!(r.resources.len(), 1);
         // ACK that also adds b: must be answered with a and b.
         let h = s.on_request(
-            &req(XdsType::Endpoint, &["a", "b"], &r.head.version_info, &r.head.nonce),
+            &req(
+                XdsType::Endpoint,
+                &["a", "b"],
+                &r.head.version_info,
+                &r.head.nonce,
+            ),
             &res,
             &mut st,
             now,

@@ -9,23 +9,21 @@
 //! bytes are copied once, into the frame. Protobuf allows a message's fields in any order,
 //! so a peer decodes exactly the message it would have got.
 //!
-//! The ADS service is declared here rather than taken from `envoy-types` because the
-//! generated one fixes the response types to Envoy's messages.
+//! The ADS service ([`AdsServer`]) is declared here rather than taken from `envoy-types`,
+//! whose generated one fixes the response types to Envoy's messages.
 
-use std::convert::Infallible;
+mod service;
+
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType, encoded_len_varint};
 use prost::{DecodeError, Message};
-use tonic::codegen::{BoxFuture, Service, StdError, http};
-use tonic::{Status, Streaming};
 
 use super::resources::Versioned;
+
+pub use service::{Ads, AdsServer};
 
 /// A response and the interned resources that go in its `resources` field.
 #[derive(Debug, Default, Clone)]
@@ -141,114 +139,6 @@ impl<M: Head> Message for Outgoing<M> {
     }
 }
 
-/// The two ADS methods, as the server implements them.
-#[tonic::async_trait]
-pub trait Ads: Send + Sync + 'static {
-    type SotwStream: tokio_stream::Stream<Item = Result<Outgoing<DiscoveryResponse>, Status>>
-        + Send
-        + 'static;
-    type DeltaStream: tokio_stream::Stream<Item = Result<Outgoing<DeltaDiscoveryResponse>, Status>>
-        + Send
-        + 'static;
-    async fn sotw(
-        &self,
-        request: tonic::Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::SotwStream>, Status>;
-    async fn delta(
-        &self,
-        request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::DeltaStream>, Status>;
-}
-
-/// Envoy's `AggregatedDiscoveryService` over an [`Ads`] implementation.
-pub struct AdsServer<T> {
-    inner: Arc<T>,
-    max_decoding_message_size: usize,
-}
-
-impl<T> AdsServer<T> {
-    pub fn new(inner: T, max_decoding_message_size: usize) -> Self {
-        AdsServer {
-            inner: Arc::new(inner),
-            max_decoding_message_size,
-        }
-    }
-}
-
-impl<T> Clone for AdsServer<T> {
-    fn clone(&self) -> Self {
-        AdsServer {
-            inner: self.inner.clone(),
-            max_decoding_message_size: self.max_decoding_message_size,
-        }
-    }
-}
-
-impl<T> tonic::server::NamedService for AdsServer<T> {
-    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
-}
-
-const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
-const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
-
-struct SotwMethod<T>(Arc<T>);
-struct DeltaMethod<T>(Arc<T>);
-
-impl<T: Ads> tonic::server::StreamingService<DiscoveryRequest> for SotwMethod<T> {
-    type Response = Outgoing<DiscoveryResponse>;
-    type ResponseStream = T::SotwStream;
-    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        let inner = self.0.clone();
-        Box::pin(async move { inner.sotw(request).await })
-    }
-}
-
-impl<T: Ads> tonic::server::StreamingService<DeltaDiscoveryRequest> for DeltaMethod<T> {
-    type Response = Outgoing<DeltaDiscoveryResponse>;
-    type ResponseStream = T::DeltaStream;
-    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let inner = self.0.clone();
-        Box::pin(async move { inner.delta(request).await })
-    }
-}
-
-impl<T, B> Service<http::Request<B>> for AdsServer<T>
-where
-    T: Ads,
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let inner = self.inner.clone();
-        let max = Some(self.max_decoding_message_size);
-        match req.uri().path() {
-            SOTW_PATH => Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
-                    .apply_max_message_size_config(max, Some(usize::MAX));
-                Ok(grpc.streaming(SotwMethod(inner), req).await)
-            }),
-            DELTA_PATH => Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
-                    .apply_max_message_size_config(max, Some(usize::MAX));
-                Ok(grpc.streaming(DeltaMethod(inner), req).await)
-            }),
-            _ => Box::pin(async move { Ok(Status::unimplemented("").into_http()) }),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,7 +219,10 @@ mod tests {
         };
         let bytes = out.encode_to_vec();
         assert_eq!(bytes.len(), out.encoded_len());
-        assert_eq!(DeltaDiscoveryResponse::decode(bytes.as_slice()).unwrap(), full);
+        assert_eq!(
+            DeltaDiscoveryResponse::decode(bytes.as_slice()).unwrap(),
+            full
+        );
     }
 
     #[test]
