@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
 };
 use futures::Stream;
 use parking_lot::Mutex;
@@ -30,7 +30,7 @@ use super::resources::{Interner, ProxyResources, TypeResources, Versioned};
 use super::sotw::{Handled, SotwStream};
 use super::status::{Now, SyncStatus};
 use super::types::{TypeSet, XdsType};
-use super::wire::{Ads, AdsServer, Outgoing};
+use super::wire::{Ads, AdsServer, Outgoing, SotwRequest};
 use super::{AckKind, EndpointsChange, Generator, Registry, XdsError};
 use crate::model::Proxy;
 use crate::monitoring::metrics::{Metrics, TypeLabel};
@@ -520,18 +520,18 @@ trait Variant: Default + Send + 'static {
 }
 
 impl Variant for SotwStream {
-    type Req = DiscoveryRequest;
+    type Req = SotwRequest;
     type Resp = Outgoing<DiscoveryResponse>;
     const PROTOCOL: Protocol = Protocol::Sotw;
-    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+    fn node(req: &SotwRequest) -> Option<&Node> {
         req.node.as_ref()
     }
-    fn type_url(req: &DiscoveryRequest) -> &str {
+    fn type_url(req: &SotwRequest) -> &str {
         &req.type_url
     }
     fn on_request(
         &mut self,
-        req: &DiscoveryRequest,
+        req: &SotwRequest,
         res: &ProxyResources,
         status: &mut SyncStatus,
         now: Now,
@@ -595,7 +595,7 @@ impl Ads for AdsService {
 
     async fn sotw(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
+        request: Request<Streaming<SotwRequest>>,
     ) -> Result<Response<Self::SotwStream>, Status> {
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);

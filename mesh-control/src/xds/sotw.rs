@@ -19,13 +19,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 
 use super::resources::{ProxyResources, TypeResources, Versioned};
 use super::status::{Now, SyncStatus};
 use super::subscription::Subscription;
 use super::types::{TypeSet, XdsType};
-use super::wire::Outgoing;
+use super::wire::{Outgoing, SotwRequest};
 use super::{AckKind, CONTROL_PLANE_ID};
 
 /// One type's protocol state on the stream.
@@ -71,7 +71,7 @@ impl SotwStream {
     /// Handles one request against the proxy's current resources.
     pub fn on_request(
         &mut self,
-        req: &DiscoveryRequest,
+        req: &SotwRequest,
         res: &ProxyResources,
         status: &mut SyncStatus,
         now: Now,
@@ -235,7 +235,7 @@ impl SotwStream {
 
     /// A type we do not serve: answered once with an empty response so that a client
     /// waiting for it during initialization is not stuck; ACKs of it are ignored.
-    fn on_unknown(&mut self, req: &DiscoveryRequest) -> Handled<Outgoing<DiscoveryResponse>> {
+    fn on_unknown(&mut self, req: &SotwRequest) -> Handled<Outgoing<DiscoveryResponse>> {
         if !req.response_nonce.is_empty() || self.unknown.contains_key(&req.type_url) {
             return Handled {
                 ty: None,
@@ -331,10 +331,13 @@ mod tests {
         ProxyResources::from_generated(g).0
     }
 
-    fn req(ty: XdsType, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
-        DiscoveryRequest {
+    fn req(ty: XdsType, names: &[&str], version: &str, nonce: &str) -> SotwRequest {
+        SotwRequest {
             type_url: ty.type_url().to_string(),
-            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            resource_names: names
+                .iter()
+                .map(|s| prost::bytes::Bytes::copy_from_slice(s.as_bytes()))
+                .collect(),
             version_info: version.to_string(),
             response_nonce: nonce.to_string(),
             ..Default::default()

@@ -89,7 +89,11 @@ impl Subscription {
     /// Applies a SotW request's full `resource_names`. Returns the names newly selected
     /// (which the server must send even if unchanged), or `None` when the subscription did
     /// not change.
-    pub fn apply_sotw(&mut self, ty: XdsType, resource_names: &[String]) -> Option<Change> {
+    pub fn apply_sotw<N: AsRef<[u8]>>(
+        &mut self,
+        ty: XdsType,
+        resource_names: &[N],
+    ) -> Option<Change> {
         let was_wildcard = self.wildcard;
         let list = list_hash(resource_names);
         if self.sotw_list == Some(list) {
@@ -102,16 +106,23 @@ impl Subscription {
             return self.change(was_wildcard, Vec::new(), removed);
         }
         self.legacy = false;
-        self.wildcard = resource_names.iter().any(|n| n == WILDCARD);
+        let bytes = resource_names.iter().map(AsRef::as_ref);
+        self.wildcard = bytes.clone().any(|n| n == WILDCARD.as_bytes());
         // Every ACK repeats the whole list (thousands of EDS names): compare in place and
-        // build a new set only when it differs.
-        let named = resource_names.iter().filter(|n| *n != WILDCARD);
+        // build a new set only when it differs. A name that is not UTF-8 (protobuf strings
+        // must be) is kept lossily converted: it matches no resource either way.
+        let named = bytes.filter(|n| *n != WILDCARD.as_bytes());
         let same = named.clone().count() == self.names.len()
-            && named.clone().all(|n| self.names.contains(n));
+            && named
+                .clone()
+                .all(|n| std::str::from_utf8(n).is_ok_and(|n| self.names.contains(n)));
         if same {
             return self.change(was_wildcard, Vec::new(), Vec::new());
         }
-        let before = std::mem::replace(&mut self.names, named.cloned().collect());
+        let new = named
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        let before = std::mem::replace(&mut self.names, new);
         let added = self.names.difference(&before).cloned().collect();
         let removed = before.difference(&self.names).cloned().collect();
         self.change(was_wildcard, added, removed)
@@ -192,10 +203,10 @@ impl Subscription {
     }
 }
 
-fn list_hash(names: &[String]) -> u64 {
+fn list_hash<N: AsRef<[u8]>>(names: &[N]) -> u64 {
     let mut h = xxhash_rust::xxh64::Xxh64::new(0);
     for n in names {
-        h.update(n.as_bytes());
+        h.update(n.as_ref());
         h.update(&[0]);
     }
     h.digest()
@@ -222,10 +233,10 @@ mod tests {
     #[test]
     fn sotw_legacy_wildcard_sequence() {
         let mut s = Subscription::initial();
-        assert!(s.apply_sotw(XdsType::Listener, &[]).is_some());
+        assert!(s.apply_sotw::<String>(XdsType::Listener, &[]).is_some());
         assert!(s.is_wildcard());
         // Same empty list again: still the legacy wildcard, no change.
-        assert!(s.apply_sotw(XdsType::Listener, &[]).is_none());
+        assert!(s.apply_sotw::<String>(XdsType::Listener, &[]).is_none());
         let c = s.apply_sotw(XdsType::Listener, &v(&["*", "A"])).unwrap();
         assert_eq!(c.added, v(&["A"]));
         assert!(s.is_wildcard());
@@ -233,7 +244,7 @@ mod tests {
         assert!(c.lost_wildcard);
         assert!(!s.is_wildcard());
         // Empty now means nothing, not the wildcard.
-        let c = s.apply_sotw(XdsType::Listener, &[]).unwrap();
+        let c = s.apply_sotw::<String>(XdsType::Listener, &[]).unwrap();
         assert_eq!(c.removed, v(&["A"]));
         assert!(s.is_empty());
     }
@@ -241,7 +252,7 @@ mod tests {
     #[test]
     fn sotw_named_types_have_no_legacy_wildcard() {
         let mut s = Subscription::initial();
-        assert!(s.apply_sotw(XdsType::Endpoint, &[]).is_none());
+        assert!(s.apply_sotw::<String>(XdsType::Endpoint, &[]).is_none());
         assert!(s.is_empty());
         s.apply_sotw(XdsType::Endpoint, &v(&["a", "b"])).unwrap();
         assert!(s.selects("a") && !s.selects("c"));

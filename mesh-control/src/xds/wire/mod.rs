@@ -12,6 +12,7 @@
 //! The ADS service ([`AdsServer`]) is declared here rather than taken from `envoy-types`,
 //! whose generated one fixes the response types to Envoy's messages.
 
+mod request;
 mod service;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use prost::{DecodeError, Message};
 
 use super::resources::Versioned;
 
+pub use request::SotwRequest;
 pub use service::{Ads, AdsServer};
 
 /// A response and the interned resources that go in its `resources` field.

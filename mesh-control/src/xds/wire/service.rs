@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
 };
 use http_body::Frame;
 use prost::Message;
@@ -23,7 +23,7 @@ use tonic::codegen::{BoxFuture, Service, StdError, http};
 use tonic::metadata::{GRPC_CONTENT_TYPE, MetadataMap};
 use tonic::{Status, Streaming};
 
-use super::{Head, Outgoing};
+use super::{Head, Outgoing, SotwRequest};
 
 /// The two ADS methods, as the server implements them.
 #[tonic::async_trait]
@@ -36,7 +36,7 @@ pub trait Ads: Send + Sync + 'static {
         + 'static;
     async fn sotw(
         &self,
-        request: tonic::Request<Streaming<DiscoveryRequest>>,
+        request: tonic::Request<Streaming<SotwRequest>>,
     ) -> Result<tonic::Response<Self::SotwStream>, Status>;
     async fn delta(
         &self,
@@ -96,7 +96,7 @@ where
         let max = self.max_decoding_message_size;
         match req.uri().path() {
             SOTW_PATH => Box::pin(async move {
-                let request = decode_request::<DiscoveryRequest, B>(req, max);
+                let request = decode_request::<SotwRequest, B>(req, max);
                 Ok(respond(inner.sotw(request).await))
             }),
             DELTA_PATH => Box::pin(async move {
