@@ -36,8 +36,10 @@ use super::{AckKind, CONTROL_PLANE_ID};
 #[derive(Debug)]
 struct TypeState {
     sub: Subscription,
-    /// What the client has: name -> version.
-    known: HashMap<String, Arc<str>>,
+    /// What the client has: name -> version. Names share the interned resource's `Arc`:
+    /// an unscoped proxy knows thousands, and a `String` each cost more than the rest of
+    /// its stream state.
+    known: HashMap<Arc<str>, Arc<str>>,
     last_nonce: Option<String>,
     /// The set `known` was last brought in line with (for every selected name), so that a
     /// push only needs to look at what differs between it and the new set; `None` after a
@@ -117,7 +119,8 @@ impl DeltaStream {
 
         if first {
             for (name, version) in &req.initial_resource_versions {
-                state.known.insert(name.clone(), version.as_str().into());
+                let name = res.get(ty).intern(name);
+                state.known.insert(name, version.as_str().into());
             }
         }
         let change = state.sub.apply_delta(
@@ -125,6 +128,7 @@ impl DeltaStream {
             first,
             &req.resource_names_subscribe,
             &req.resource_names_unsubscribe,
+            &|name| res.get(ty).intern(name),
         );
         status.get_mut(ty).subscription = state.sub.describe();
         if first || change.is_some() {
@@ -160,7 +164,7 @@ impl DeltaStream {
                         pending.remove.insert(name.clone());
                     }
                 } else {
-                    state.known.remove(name);
+                    state.known.remove(name.as_str());
                 }
             }
             if change.lost_wildcard {
@@ -239,13 +243,13 @@ impl DeltaStream {
         let mut resources = Vec::with_capacity(pending.send.len());
         for name in pending.send {
             if let Some(v) = typed.get(&name) {
-                state.known.insert(name.clone(), v.version.clone());
+                state.known.insert(v.name.clone(), v.version.clone());
                 resources.push(v.clone());
             }
         }
         let removed: Vec<String> = pending.remove.into_iter().collect();
         for name in &removed {
-            state.known.remove(name);
+            state.known.remove(name.as_str());
         }
         state.last_nonce = Some(nonce.clone());
         // Informational in delta: the version of the type's whole set (cheap, and it changes
@@ -297,7 +301,7 @@ impl DeltaStream {
     }
 
     /// What the server believes the client has of `ty` (name -> version).
-    pub fn known(&self, ty: XdsType) -> Option<&HashMap<String, Arc<str>>> {
+    pub fn known(&self, ty: XdsType) -> Option<&HashMap<Arc<str>, Arc<str>>> {
         self.types.get(&ty).map(|s| &s.known)
     }
 }
@@ -311,7 +315,7 @@ fn diff(state: &TypeState, typed: &TypeResources, pending: &mut Pending) {
     }
     for name in state.known.keys() {
         if typed.get(name).is_none() && state.sub.selects(name) {
-            pending.remove.insert(name.clone());
+            pending.remove.insert(name.to_string());
         }
     }
 }

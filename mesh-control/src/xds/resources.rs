@@ -68,6 +68,14 @@ impl TypeResources {
         &self.version
     }
 
+    /// `name` as the `Arc` of the resource of that name when there is one, so that
+    /// per-stream state naming it shares the string instead of copying it.
+    pub fn intern(&self, name: &str) -> Arc<str> {
+        self.items
+            .get_key_value(name)
+            .map_or_else(|| Arc::from(name), |(k, _)| k.clone())
+    }
+
     /// The resources a subscription selects, in name order.
     pub fn selected<'a>(
         &'a self,
@@ -79,7 +87,7 @@ impl TypeResources {
             Box::new(
                 sub.names()
                     .iter()
-                    .filter_map(|n| self.items.get_key_value(n.as_str())),
+                    .filter_map(|n| self.items.get_key_value(&**n)),
             )
         }
     }

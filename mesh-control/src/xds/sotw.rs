@@ -88,7 +88,9 @@ impl SotwStream {
 
         let (ack, respond) = if req.response_nonce.is_empty() {
             // Opening (or reopening after a reconnect) the type: always answer.
-            state.sub.apply_sotw(ty, &req.resource_names);
+            state
+                .sub
+                .apply_sotw(ty, &req.resource_names, &|name| res.get(ty).intern(name));
             state.sub_epoch += 1;
             (
                 AckKind::Initial,
@@ -120,7 +122,9 @@ impl SotwStream {
                     AckKind::Ack
                 }
             };
-            let change = state.sub.apply_sotw(ty, &req.resource_names);
+            let change = state
+                .sub
+                .apply_sotw(ty, &req.resource_names, &|name| res.get(ty).intern(name));
             if change.is_some() {
                 state.sub_epoch += 1;
             }

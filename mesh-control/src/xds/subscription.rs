@@ -6,6 +6,7 @@
 //! means "nothing" (Envoy's xDS doc, "How the client specifies what resources to return").
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use super::types::XdsType;
 
@@ -18,7 +19,8 @@ pub struct Subscription {
     wildcard: bool,
     /// True while the client has never named a resource of this type on this stream.
     legacy: bool,
-    names: BTreeSet<String>,
+    /// Shared with the resources' names where they exist (see `apply_*`'s `intern`).
+    names: BTreeSet<Arc<str>>,
     /// A hash of the last SotW `resource_names` list applied, in order: every ACK repeats
     /// the list, and comparing a hash is much cheaper than looking up thousands of names.
     /// (A 64-bit collision between two different lists is the accepted risk.)
@@ -53,7 +55,7 @@ impl Subscription {
         Subscription {
             wildcard: false,
             legacy: false,
-            names: names.into_iter().map(Into::into).collect(),
+            names: names.into_iter().map(|n| Arc::from(n.into())).collect(),
             sotw_list: None,
         }
     }
@@ -73,7 +75,7 @@ impl Subscription {
     }
 
     /// The explicitly named resources (without `*`).
-    pub fn names(&self) -> &BTreeSet<String> {
+    pub fn names(&self) -> &BTreeSet<Arc<str>> {
         &self.names
     }
 
@@ -88,11 +90,13 @@ impl Subscription {
 
     /// Applies a SotW request's full `resource_names`. Returns the names newly selected
     /// (which the server must send even if unchanged), or `None` when the subscription did
-    /// not change.
+    /// not change. `intern` turns a name into the `Arc` it is kept as (the resource's own
+    /// where there is one: thousands of EDS names per proxy are then not copied).
     pub fn apply_sotw<N: AsRef<[u8]>>(
         &mut self,
         ty: XdsType,
         resource_names: &[N],
+        intern: &dyn Fn(&str) -> Arc<str>,
     ) -> Option<Change> {
         let was_wildcard = self.wildcard;
         let list = list_hash(resource_names);
@@ -102,7 +106,10 @@ impl Subscription {
         self.sotw_list = Some(list);
         if resource_names.is_empty() {
             self.wildcard = self.legacy && ty.supports_wildcard();
-            let removed = std::mem::take(&mut self.names).into_iter().collect();
+            let removed = std::mem::take(&mut self.names)
+                .into_iter()
+                .map(|n| n.to_string())
+                .collect();
             return self.change(was_wildcard, Vec::new(), removed);
         }
         self.legacy = false;
@@ -120,21 +127,33 @@ impl Subscription {
             return self.change(was_wildcard, Vec::new(), Vec::new());
         }
         let new = named
-            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .map(|n| match std::str::from_utf8(n) {
+                Ok(n) => intern(n),
+                Err(_) => String::from_utf8_lossy(n).into(),
+            })
             .collect();
         let before = std::mem::replace(&mut self.names, new);
-        let added = self.names.difference(&before).cloned().collect();
-        let removed = before.difference(&self.names).cloned().collect();
+        let added = self
+            .names
+            .difference(&before)
+            .map(|n| n.to_string())
+            .collect();
+        let removed = before
+            .difference(&self.names)
+            .map(|n| n.to_string())
+            .collect();
         self.change(was_wildcard, added, removed)
     }
 
-    /// Applies a delta request's subscribe and unsubscribe lists.
+    /// Applies a delta request's subscribe and unsubscribe lists (`intern`: as in
+    /// [`Subscription::apply_sotw`]).
     pub fn apply_delta(
         &mut self,
         ty: XdsType,
         first: bool,
         subscribe: &[String],
         unsubscribe: &[String],
+        intern: &dyn Fn(&str) -> Arc<str>,
     ) -> Option<Change> {
         let was_wildcard = self.wildcard;
         self.sotw_list = None;
@@ -151,7 +170,7 @@ impl Subscription {
         for name in subscribe {
             if name == WILDCARD {
                 self.wildcard = true;
-            } else if self.names.insert(name.clone()) {
+            } else if self.names.insert(intern(name)) {
                 inserted.push(name.clone());
             }
         }
@@ -159,7 +178,7 @@ impl Subscription {
         for name in unsubscribe {
             if name == WILDCARD {
                 self.wildcard = false;
-            } else if self.names.remove(name) {
+            } else if self.names.remove(name.as_str()) {
                 deleted.push(name.clone());
             }
         }
@@ -170,7 +189,7 @@ impl Subscription {
             .collect();
         let added = inserted
             .into_iter()
-            .filter(|n| self.names.contains(n))
+            .filter(|n| self.names.contains(n.as_str()))
             .collect();
         self.change(was_wildcard, added, removed)
     }
@@ -225,6 +244,10 @@ pub struct Change {
 mod tests {
     use super::*;
 
+    fn own(name: &str) -> Arc<str> {
+        name.into()
+    }
+
     fn v(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
     }
@@ -233,18 +256,28 @@ mod tests {
     #[test]
     fn sotw_legacy_wildcard_sequence() {
         let mut s = Subscription::initial();
-        assert!(s.apply_sotw::<String>(XdsType::Listener, &[]).is_some());
+        assert!(
+            s.apply_sotw::<String>(XdsType::Listener, &[], &own)
+                .is_some()
+        );
         assert!(s.is_wildcard());
         // Same empty list again: still the legacy wildcard, no change.
-        assert!(s.apply_sotw::<String>(XdsType::Listener, &[]).is_none());
-        let c = s.apply_sotw(XdsType::Listener, &v(&["*", "A"])).unwrap();
+        assert!(
+            s.apply_sotw::<String>(XdsType::Listener, &[], &own)
+                .is_none()
+        );
+        let c = s
+            .apply_sotw(XdsType::Listener, &v(&["*", "A"]), &own)
+            .unwrap();
         assert_eq!(c.added, v(&["A"]));
         assert!(s.is_wildcard());
-        let c = s.apply_sotw(XdsType::Listener, &v(&["A"])).unwrap();
+        let c = s.apply_sotw(XdsType::Listener, &v(&["A"]), &own).unwrap();
         assert!(c.lost_wildcard);
         assert!(!s.is_wildcard());
         // Empty now means nothing, not the wildcard.
-        let c = s.apply_sotw::<String>(XdsType::Listener, &[]).unwrap();
+        let c = s
+            .apply_sotw::<String>(XdsType::Listener, &[], &own)
+            .unwrap();
         assert_eq!(c.removed, v(&["A"]));
         assert!(s.is_empty());
     }
@@ -252,9 +285,13 @@ mod tests {
     #[test]
     fn sotw_named_types_have_no_legacy_wildcard() {
         let mut s = Subscription::initial();
-        assert!(s.apply_sotw::<String>(XdsType::Endpoint, &[]).is_none());
+        assert!(
+            s.apply_sotw::<String>(XdsType::Endpoint, &[], &own)
+                .is_none()
+        );
         assert!(s.is_empty());
-        s.apply_sotw(XdsType::Endpoint, &v(&["a", "b"])).unwrap();
+        s.apply_sotw(XdsType::Endpoint, &v(&["a", "b"]), &own)
+            .unwrap();
         assert!(s.selects("a") && !s.selects("c"));
     }
 
@@ -262,24 +299,25 @@ mod tests {
     #[test]
     fn delta_legacy_wildcard_sequence() {
         let mut s = Subscription::initial();
-        s.apply_delta(XdsType::Cluster, true, &[], &[]).unwrap();
+        s.apply_delta(XdsType::Cluster, true, &[], &[], &own)
+            .unwrap();
         assert!(s.is_wildcard());
         let c = s
-            .apply_delta(XdsType::Cluster, false, &v(&["A"]), &[])
+            .apply_delta(XdsType::Cluster, false, &v(&["A"]), &[], &own)
             .unwrap();
         assert_eq!(c.added, v(&["A"]));
         assert!(s.is_wildcard(), "naming A keeps the wildcard in delta");
         let c = s
-            .apply_delta(XdsType::Cluster, false, &[], &v(&["*"]))
+            .apply_delta(XdsType::Cluster, false, &[], &v(&["*"]), &own)
             .unwrap();
         assert!(c.lost_wildcard);
         assert!(s.selects("A") && !s.selects("B"));
-        s.apply_delta(XdsType::Cluster, false, &[], &v(&["A"]))
+        s.apply_delta(XdsType::Cluster, false, &[], &v(&["A"]), &own)
             .unwrap();
         assert!(s.is_empty());
         // Phantom unsubscribes are fine.
         assert!(
-            s.apply_delta(XdsType::Cluster, false, &[], &v(&["zzz"]))
+            s.apply_delta(XdsType::Cluster, false, &[], &v(&["zzz"]), &own)
                 .is_none()
         );
     }
@@ -287,7 +325,7 @@ mod tests {
     #[test]
     fn delta_explicit_wildcard() {
         let mut s = Subscription::initial();
-        s.apply_delta(XdsType::Listener, true, &v(&["*"]), &[])
+        s.apply_delta(XdsType::Listener, true, &v(&["*"]), &[], &own)
             .unwrap();
         assert!(s.is_wildcard());
         assert_eq!(s.describe(), "*");
@@ -297,13 +335,26 @@ mod tests {
     #[test]
     fn sotw_repeated_and_changed_lists() {
         let mut s = Subscription::initial();
-        let c = s.apply_sotw(XdsType::Endpoint, &v(&["b", "a"])).unwrap();
+        let c = s
+            .apply_sotw(XdsType::Endpoint, &v(&["b", "a"]), &own)
+            .unwrap();
         assert_eq!(c.added, v(&["a", "b"]));
-        assert!(s.apply_sotw(XdsType::Endpoint, &v(&["b", "a"])).is_none());
-        assert!(s.apply_sotw(XdsType::Endpoint, &v(&["a", "b"])).is_none());
-        let c = s.apply_sotw(XdsType::Endpoint, &v(&["a", "c"])).unwrap();
+        assert!(
+            s.apply_sotw(XdsType::Endpoint, &v(&["b", "a"]), &own)
+                .is_none()
+        );
+        assert!(
+            s.apply_sotw(XdsType::Endpoint, &v(&["a", "b"]), &own)
+                .is_none()
+        );
+        let c = s
+            .apply_sotw(XdsType::Endpoint, &v(&["a", "c"]), &own)
+            .unwrap();
         assert_eq!((c.added, c.removed), (v(&["c"]), v(&["b"])));
-        assert!(s.apply_sotw(XdsType::Endpoint, &v(&["a", "c"])).is_none());
+        assert!(
+            s.apply_sotw(XdsType::Endpoint, &v(&["a", "c"]), &own)
+                .is_none()
+        );
     }
 
     /// A delta request that names a resource and drops it again nets out; an ACK (no
@@ -312,10 +363,19 @@ mod tests {
     fn delta_subscribe_and_unsubscribe_in_one_request() {
         let mut s = Subscription::names_of(["a"]);
         let c = s
-            .apply_delta(XdsType::Endpoint, false, &v(&["b", "c"]), &v(&["b", "a"]))
+            .apply_delta(
+                XdsType::Endpoint,
+                false,
+                &v(&["b", "c"]),
+                &v(&["b", "a"]),
+                &own,
+            )
             .unwrap();
         assert_eq!((c.added, c.removed), (v(&["c"]), v(&["a"])));
         assert!(s.selects("c") && !s.selects("a") && !s.selects("b"));
-        assert!(s.apply_delta(XdsType::Endpoint, false, &[], &[]).is_none());
+        assert!(
+            s.apply_delta(XdsType::Endpoint, false, &[], &[], &own)
+                .is_none()
+        );
     }
 }
