@@ -111,7 +111,10 @@ pub struct ClientStats {
     /// Probe-type responses carrying a probe name whose content did not match (a stale or
     /// wrong push).
     pub mismatches: AtomicU64,
+    /// Why the last stream ended, and how many times the client reconnected (as Envoy
+    /// does, after a second).
     pub closed: Mutex<Option<String>>,
+    pub reconnects: AtomicU64,
 }
 
 impl ClientStats {
@@ -130,6 +133,7 @@ impl ClientStats {
             probe_at_ns: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
             closed: Mutex::new(None),
+            reconnects: AtomicU64::new(0),
         }
     }
 }
@@ -426,15 +430,24 @@ pub async fn start(
     let stats = Arc::new(ClientStats::new(protocol, pod));
     let st = stats.clone();
     let task = tokio::spawn(async move {
-        let result = match protocol {
-            Protocol::Delta => run_delta(grpc, &shared, &st).await,
-            Protocol::Sotw => run_sotw(grpc, &shared, &st).await,
-        };
-        *st.closed.lock() = Some(match result {
-            Ok(()) => "stream closed by the server".to_string(),
-            Err(e) => e,
-        });
-        st.ready.store(false, Ordering::Relaxed);
+        let mut grpc = Some(grpc);
+        loop {
+            let result = match grpc.take() {
+                Some(grpc) => match protocol {
+                    Protocol::Delta => run_delta(grpc, &shared, &st).await,
+                    Protocol::Sotw => run_sotw(grpc, &shared, &st).await,
+                },
+                None => Err("not connected".to_string()),
+            };
+            st.ready.store(false, Ordering::Relaxed);
+            *st.closed.lock() = Some(match result {
+                Ok(()) => "stream closed by the server".to_string(),
+                Err(e) => e,
+            });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            st.reconnects.fetch_add(1, Ordering::Relaxed);
+            grpc = connect(addr).await.ok();
+        }
     });
     Ok(Client { stats, task })
 }

@@ -277,6 +277,12 @@ fn finish(mut cell: Value, server: &mut Server, clients: &[Client]) -> Value {
         .take(3)
         .collect();
     cell["client_errors"] = json!(closed);
+    cell["client_reconnects"] = json!(
+        clients
+            .iter()
+            .map(|c| c.stats.reconnects.load(Ordering::Relaxed))
+            .sum::<u64>()
+    );
     cell["server_warnings"] = json!(server.log_problems());
     cell["server_alive"] = json!(server.alive());
     cell
@@ -323,6 +329,17 @@ async fn wait_ready(
             ));
         }
         if last_report.elapsed() > Duration::from_secs(10) {
+            let reconnects: u64 = clients
+                .iter()
+                .map(|c| c.stats.reconnects.load(Ordering::Relaxed))
+                .sum();
+            if reconnects > 0 {
+                let why = clients
+                    .iter()
+                    .find_map(|c| c.stats.closed.lock().clone())
+                    .unwrap_or_default();
+                eprintln!("   sync: {reconnects} reconnects so far (one stream ended: {why})");
+            }
             eprintln!(
                 "   sync: {ready}/{} ready after {:.0} s, server RSS {:.0} MiB",
                 clients.len(),

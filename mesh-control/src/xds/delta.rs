@@ -274,6 +274,7 @@ impl DeltaStream {
                 ..Default::default()
             },
             resources,
+            hold: None,
         }
     }
 

@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use futures::Stream;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -288,15 +288,17 @@ impl XdsServer {
         let span = info_span!("ads", conn = %conn.name, protocol = ?V::PROTOCOL);
         async move {
             info!(?peer, "proxy connected");
-            let initial = {
-                let _permit = self.permits.clone().acquire_owned().await;
-                self.generate(proxy, None, false).await
+            let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                return;
             };
+            let initial = self.generate(proxy, None, false).await;
             conn.resources.store(Some(initial));
 
             let mut machine = V::default();
+            // The permit goes with the first response (CDS, the largest) until it is on its
+            // way to the wire: see `Outgoing::hold`.
             if self
-                .on_request(&conn, &mut machine, first, &tx)
+                .on_request(&conn, &mut machine, first, Some(permit), &tx)
                 .await
                 .is_err()
             {
@@ -306,7 +308,7 @@ impl XdsServer {
                 let step = tokio::select! {
                     _ = self.shutdown.cancelled() => Err(()),
                     msg = inbound.message() => match msg {
-                        Ok(Some(req)) => self.on_request(&conn, &mut machine, req, &tx).await,
+                        Ok(Some(req)) => self.on_request(&conn, &mut machine, req, None, &tx).await,
                         Ok(None) => Err(()),
                         Err(status) => {
                             debug!("ads stream error: {status}");
@@ -330,6 +332,7 @@ impl XdsServer {
         conn: &Connection,
         machine: &mut V,
         req: V::Req,
+        hold: Option<OwnedSemaphorePermit>,
         tx: &mpsc::Sender<Result<V::Resp, Status>>,
     ) -> Result<(), ()> {
         let res = conn.resources.load_full().unwrap_or_default();
@@ -360,9 +363,12 @@ impl XdsServer {
             AckKind::Ignored => debug!(type_url = V::type_url(&req), "type not served"),
             kind => debug!(type_url = V::type_url(&req), ?kind, "request"),
         }
-        if let Some(resp) = handled.response {
+        if let Some(mut resp) = handled.response {
             if let Some(label) = &label {
                 self.metrics.pushes.get_or_create(label).inc();
+            }
+            if let Some(permit) = hold {
+                V::hold(&mut resp, permit);
             }
             tx.send(Ok(resp)).await.map_err(|_| ())?;
         }
@@ -503,6 +509,8 @@ trait Variant: Default + Send + 'static {
     const PROTOCOL: Protocol;
     fn node(req: &Self::Req) -> Option<&Node>;
     fn type_url(req: &Self::Req) -> &str;
+    /// Keeps `permit` with the response until it is encoded (see `Outgoing::hold`).
+    fn hold(resp: &mut Self::Resp, permit: OwnedSemaphorePermit);
     fn on_request(
         &mut self,
         req: &Self::Req,
@@ -528,6 +536,9 @@ impl Variant for SotwStream {
     }
     fn type_url(req: &SotwRequest) -> &str {
         &req.type_url
+    }
+    fn hold(resp: &mut Self::Resp, permit: OwnedSemaphorePermit) {
+        resp.hold = Some(permit);
     }
     fn on_request(
         &mut self,
@@ -558,6 +569,9 @@ impl Variant for DeltaStream {
     }
     fn type_url(req: &DeltaDiscoveryRequest) -> &str {
         &req.type_url
+    }
+    fn hold(resp: &mut Self::Resp, permit: OwnedSemaphorePermit) {
+        resp.hold = Some(permit);
     }
     fn on_request(
         &mut self,

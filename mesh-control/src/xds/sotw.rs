@@ -234,6 +234,7 @@ impl SotwStream {
                 ..Default::default()
             },
             resources,
+            hold: None,
         }
     }
 

@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Dis
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType, encoded_len_varint};
 use prost::{DecodeError, Message};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::resources::Versioned;
 
@@ -28,10 +29,15 @@ pub use request::SotwRequest;
 pub use service::{Ads, AdsServer};
 
 /// A response and the interned resources that go in its `resources` field.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Outgoing<M> {
     pub head: M,
     pub resources: Vec<Arc<Versioned>>,
+    /// Held until the response is encoded for the wire, which happens when HTTP/2 asks for
+    /// the stream's next message, i.e. once the one before it is written: the initial
+    /// response takes its push permit along, so that a connect storm holds at most
+    /// `push_concurrency` initial responses in memory instead of one per stream.
+    pub hold: Option<OwnedSemaphorePermit>,
 }
 
 impl<M: Head> Outgoing<M> {
@@ -39,6 +45,7 @@ impl<M: Head> Outgoing<M> {
         Outgoing {
             head,
             resources: Vec::new(),
+            hold: None,
         }
     }
 
@@ -138,6 +145,7 @@ impl<M: Head> Message for Outgoing<M> {
     fn clear(&mut self) {
         self.head.clear();
         self.resources.clear();
+        self.hold = None;
     }
 }
 
@@ -182,6 +190,7 @@ mod tests {
         let out = Outgoing {
             head: head.clone(),
             resources: resources(),
+            hold: None,
         };
         let full = DiscoveryResponse {
             resources: out.resources.iter().map(|v| v.resource.clone()).collect(),
@@ -205,6 +214,7 @@ mod tests {
         let out = Outgoing {
             head: head.clone(),
             resources: resources(),
+            hold: None,
         };
         let full = DeltaDiscoveryResponse {
             resources: out

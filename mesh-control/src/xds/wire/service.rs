@@ -206,3 +206,69 @@ impl<M: Head> http_body::Body for Frames<M> {
         self.done
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::sync::Semaphore;
+
+    fn message(nonce: &str) -> Outgoing<DiscoveryResponse> {
+        Outgoing::new(DiscoveryResponse {
+            nonce: nonce.into(),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn frames_release_a_held_permit_once_encoded_and_end_with_ok_trailers() {
+        let permits = Arc::new(Semaphore::new(1));
+        let mut first = message("1");
+        first.hold = Some(permits.clone().try_acquire_owned().unwrap());
+        let stream = tokio_stream::iter([Ok(first), Ok(message("2"))]);
+        let mut body = Frames {
+            stream: Box::pin(stream),
+            done: false,
+        };
+        assert_eq!(permits.available_permits(), 0);
+
+        let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(permits.available_permits(), 1, "released with the encoding");
+        let len = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
+        assert_eq!((data[0], data.len()), (0, 5 + len));
+        assert_eq!(DiscoveryResponse::decode(&data[5..]).unwrap().nonce, "1");
+
+        let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(DiscoveryResponse::decode(&data[5..]).unwrap().nonce, "2");
+        let trailers = body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(trailers.get(Status::GRPC_STATUS).unwrap(), "0");
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_error_ends_the_body_with_its_status() {
+        let stream = tokio_stream::iter([Err(Status::invalid_argument("no node"))]);
+        let mut body: Frames<DiscoveryResponse> = Frames {
+            stream: Box::pin(stream),
+            done: false,
+        };
+        let trailers = body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(
+            trailers.get(Status::GRPC_STATUS).unwrap(),
+            &(tonic::Code::InvalidArgument as i32).to_string()
+        );
+        assert!(body.frame().await.is_none());
+    }
+}
