@@ -50,6 +50,16 @@ pub struct Args {
     /// Configs generated at once (CPU-bound work); default: the number of CPUs.
     #[arg(long, env = "MESH_GENERATE_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..))]
     pub generate_concurrency: Option<u32>,
+
+    /// How often the xDS server pings an idle proxy connection (HTTP/2 PING), as istiod's
+    /// `--keepaliveInterval`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long the xDS server waits for a ping's answer before it closes the connection
+    /// (the proxy reconnects), as istiod's `--keepaliveTimeout`.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
 }
 
 /// `100ms`, `1.5s`, `2m`, `0` (jiff's friendly format, as Go's `time.ParseDuration` takes).

@@ -57,6 +57,8 @@ async fn run(args: cli::Args) -> Result<()> {
                 .map_or(XdsServerConfig::default().generate_concurrency, |n| {
                     n as usize
                 }),
+            keepalive_interval: args.keepalive_interval,
+            keepalive_timeout: args.keepalive_timeout,
         },
         shutdown.clone(),
     );

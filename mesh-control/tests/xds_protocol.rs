@@ -500,6 +500,7 @@ async fn connect_storm_during_pushes_does_not_deadlock() {
         XdsServerConfig {
             push_concurrency: 1,
             generate_concurrency: 1,
+            ..XdsServerConfig::default()
         },
     )
     .await;

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -46,6 +47,10 @@ pub struct XdsServerConfig {
     /// half-built configs in memory and makes every proxy wait for all of them. Default:
     /// the number of CPUs.
     pub generate_concurrency: usize,
+    /// HTTP/2 PING interval on proxy connections, and how long an unanswered one lasts
+    /// before the connection is closed.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for XdsServerConfig {
@@ -53,6 +58,8 @@ impl Default for XdsServerConfig {
         XdsServerConfig {
             push_concurrency: 100,
             generate_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -64,6 +71,7 @@ pub struct XdsServer {
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
     cpu: Arc<Semaphore>,
+    keepalive: (Duration, Duration),
     interner: Arc<Interner>,
     shared_endpoints: Arc<Mutex<EndpointsMemo>>,
     shared_generations: Arc<Mutex<GenerationMemo>>,
@@ -158,6 +166,7 @@ impl XdsServer {
             metrics,
             permits: Arc::new(Semaphore::new(config.push_concurrency.max(1))),
             cpu: Arc::new(Semaphore::new(config.generate_concurrency.max(1))),
+            keepalive: (config.keepalive_interval, config.keepalive_timeout),
             interner: Arc::default(),
             shared_endpoints: Arc::default(),
             shared_generations: Arc::default(),
@@ -195,7 +204,8 @@ impl XdsServer {
         let shutdown = self.shutdown.clone();
         let incoming = TcpListenerStream::new(listener);
         tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_interval(Some(self.keepalive.0))
+            .http2_keepalive_timeout(Some(self.keepalive.1))
             .add_service(AdsServer::new(AdsService(self), 16 << 20))
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await?;

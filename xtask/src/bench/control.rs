@@ -136,10 +136,14 @@ fn tables(raw: &Value) -> Vec<Table> {
         ],
     );
     for cell in raw["cells"].as_array().into_iter().flatten() {
-        let outcome = cell["error"]
-            .as_str()
-            .map(|e| e.lines().next().unwrap_or(e).to_string())
-            .unwrap_or_else(|| "ok".to_string());
+        let reconnects = cell["client_reconnects"].as_u64().unwrap_or(0);
+        let outcome = match cell["error"].as_str() {
+            Some(e) => e.lines().next().unwrap_or(e).to_string(),
+            None if reconnects > 0 => format!(
+                "ok; {reconnects} streams ended under the load and their clients reconnected"
+            ),
+            None => "ok".to_string(),
+        };
         sync.push(vec![
             num(&cell["proxies"]),
             scoping(cell),
