@@ -356,15 +356,15 @@ impl Interner {
             items.insert(v.name.clone(), v.clone());
         }
         let result = self.intern_set(ty, items);
-        let mut replaced = self.replaced.lock();
-        if replaced.len() >= REPLACED_KEPT {
-            replaced.pop_front();
-        }
-        replaced.push_back(Replaced {
-            set: set.clone(),
-            changed: changed.to_vec(),
-            result: result.clone(),
-        });
+        remember(
+            &self.replaced,
+            REPLACED_KEPT,
+            Replaced {
+                set: set.clone(),
+                changed: changed.to_vec(),
+                result: result.clone(),
+            },
+        );
         result
     }
 
@@ -460,15 +460,15 @@ impl Interner {
                 items.insert(name.clone(), v.clone());
             }
             let result = self.intern_set(ty, items);
-            let mut merged = self.merged.lock();
-            if merged.len() >= MERGED_KEPT {
-                merged.pop_front();
-            }
-            merged.push_back(Merged {
-                shared: base.clone(),
-                own: own_set,
-                result: result.clone(),
-            });
+            remember(
+                &self.merged,
+                MERGED_KEPT,
+                Merged {
+                    shared: base.clone(),
+                    own: own_set,
+                    result: result.clone(),
+                },
+            );
             types[ty.index()] = result;
         }
         (ProxyResources { types, token: None }, problems)
@@ -478,6 +478,15 @@ impl Interner {
     pub fn len(&self) -> (usize, usize) {
         (self.resources.lock().live(), self.sets.lock().live())
     }
+}
+
+/// Keeps `item` among the `kept` most recent results, dropping the oldest.
+fn remember<T>(recent: &Mutex<VecDeque<T>>, kept: usize, item: T) {
+    let mut recent = recent.lock();
+    if recent.len() >= kept {
+        recent.pop_front();
+    }
+    recent.push_back(item);
 }
 
 fn hex(v: u64) -> String {
