@@ -391,26 +391,12 @@ impl Interner {
 
     /// Indexes a full generation.
     pub fn proxy_resources(&self, generated: Generated) -> (ProxyResources, Vec<String>) {
-        let Generated {
-            listeners,
-            routes,
-            clusters,
-            endpoints,
-            secrets,
-        } = generated;
         let mut problems = Vec::new();
-        let mut index = |ty, named| {
+        let types = by_type(generated).map(|(ty, named)| {
             let (res, mut p) = self.type_resources(ty, named);
             problems.append(&mut p);
             res
-        };
-        let types = [
-            index(XdsType::Cluster, clusters),
-            index(XdsType::Endpoint, endpoints),
-            index(XdsType::Listener, listeners),
-            index(XdsType::Route, routes),
-            index(XdsType::Secret, secrets),
-        ];
+        });
         (ProxyResources { types, token: None }, problems)
     }
 
@@ -422,22 +408,9 @@ impl Interner {
         shared: &ProxyResources,
         own: Generated,
     ) -> (ProxyResources, Vec<String>) {
-        let Generated {
-            listeners,
-            routes,
-            clusters,
-            endpoints,
-            secrets,
-        } = own;
         let mut problems = Vec::new();
         let mut types = shared.types.clone();
-        for (ty, named) in [
-            (XdsType::Cluster, clusters),
-            (XdsType::Endpoint, endpoints),
-            (XdsType::Listener, listeners),
-            (XdsType::Route, routes),
-            (XdsType::Secret, secrets),
-        ] {
+        for (ty, named) in by_type(own) {
             if named.is_empty() {
                 continue;
             }
@@ -478,6 +451,17 @@ impl Interner {
     pub fn len(&self) -> (usize, usize) {
         (self.resources.lock().live(), self.sets.lock().live())
     }
+}
+
+/// A generation's lists by type, in the order of [`XdsType::index`].
+fn by_type(g: Generated) -> [(XdsType, Vec<Named>); XdsType::COUNT] {
+    [
+        (XdsType::Cluster, g.clusters),
+        (XdsType::Endpoint, g.endpoints),
+        (XdsType::Listener, g.listeners),
+        (XdsType::Route, g.routes),
+        (XdsType::Secret, g.secrets),
+    ]
 }
 
 /// Keeps `item` among the `kept` most recent results, dropping the oldest.
