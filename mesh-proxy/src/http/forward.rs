@@ -101,7 +101,7 @@ enum Attempt {
 }
 
 /// Decrements the cluster's `upstream_rq_active` when dropped (requests in flight).
-struct ActiveRequest(crate::stats::ClusterStats);
+pub(super) struct ActiveRequest(crate::stats::ClusterStats);
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
@@ -242,7 +242,6 @@ pub(super) async fn forward(
         None
     } else {
         let (method, uri) = (&parts.method, &parts.uri);
-        let auth = authority(uri, &parts.headers).unwrap_or("").to_string();
         RetryState::new(policy, &mut parts.headers, |h| {
             policy.is_some_and(|p| {
                 RetryState::request_matches(
@@ -251,7 +250,7 @@ pub(super) async fn forward(
                         method,
                         uri,
                         headers: h,
-                        authority: &auth,
+                        authority: authority(uri, h).unwrap_or(""),
                         scheme: "http",
                         random: 0,
                     },
@@ -285,10 +284,10 @@ pub(super) async fn forward(
             ResponseFlags::UPSTREAM_OVERFLOW,
         );
     };
-    st.guards.push(Box::new(rq_guard));
+    st.held.request_slot = Some(rq_guard);
     stats.upstream_rq_total.inc();
     stats.upstream_rq_active.inc();
-    st.guards.push(Box::new(ActiveRequest(stats.clone())));
+    st.held.cluster_active = Some(ActiveRequest(stats.clone()));
 
     let original_dst = match &cluster.config().discovery {
         Discovery::OriginalDst {
@@ -393,7 +392,9 @@ pub(super) async fn forward(
         };
         st.info.attempt_count = attempt;
         st.info.upstream_host = Some(host.addr);
-        tried_priorities.push(host.priority);
+        if retry.is_some() {
+            tried_priorities.push(host.priority);
+        }
         let host_guard = host.request_guard();
         // Retries tell the upstream what is left of the route timeout.
         let elapsed = match progress.done_at() {
@@ -493,7 +494,7 @@ pub(super) async fn forward(
                     rs.finish();
                 }
                 st.info.upstream_local = upstream_local;
-                st.guards.push(Box::new(host_guard));
+                st.held.host_active = Some(host_guard);
                 return respond(st, &parts, response, started, &t, &progress, idle, vhost);
             }
             Attempt::Failed(e) => {
@@ -781,7 +782,7 @@ pub(super) fn build_upstream_request(
         host_value = Some(v);
     }
     if include_attempts {
-        headers.insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
+        headers.insert(&X_ENVOY_ATTEMPT_COUNT, attempt_value(attempt));
     }
     let pq = parts
         .uri
@@ -815,6 +816,22 @@ pub(super) fn build_upstream_request(
     req
 }
 
+/// An attempt count as a header value; the common ones are static (no allocation).
+pub(super) fn attempt_value(attempt: u32) -> HeaderValue {
+    const SMALL: [HeaderValue; 6] = [
+        HeaderValue::from_static("0"),
+        HeaderValue::from_static("1"),
+        HeaderValue::from_static("2"),
+        HeaderValue::from_static("3"),
+        HeaderValue::from_static("4"),
+        HeaderValue::from_static("5"),
+    ];
+    match SMALL.get(attempt as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(attempt),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn respond(
     st: &mut State,
@@ -835,10 +852,9 @@ fn respond(
             .insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms));
     }
     if vhost.include_attempt_count_in_response {
-        rparts.headers.insert(
-            &X_ENVOY_ATTEMPT_COUNT,
-            HeaderValue::from(st.info.attempt_count),
-        );
+        rparts
+            .headers
+            .insert(&X_ENVOY_ATTEMPT_COUNT, attempt_value(st.info.attempt_count));
     }
     for c in st.set_cookies.drain(..) {
         rparts.headers.append(header::SET_COOKIE, c);
@@ -920,7 +936,7 @@ async fn upgrade(
         Err(e) => return upstream_failure(st, parts, e, false),
     };
     st.info.upstream_local = local;
-    st.guards.push(Box::new(host_guard));
+    st.held.host_active = Some(host_guard);
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut rparts, body) = resp.into_parts();
         rh::strip_response_hop_by_hop(&mut rparts.headers, false);

@@ -81,6 +81,22 @@ pub fn is_internal(ip: IpAddr, hcm: &HttpConnectionManager) -> bool {
 /// Removes hop-by-hop headers (and those named by `Connection`), keeping the upgrade
 /// pair when `keep_upgrade`; `te: trailers` is kept as Envoy does (gRPC needs it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the names instead of a lookup
+    // (hash and probe) per name.
+    let any = headers.keys().any(|k| {
+        k == header::CONNECTION
+            || k == header::UPGRADE
+            || k == header::TRANSFER_ENCODING
+            || k == header::TE
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+    });
+    if !any {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -115,6 +131,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(header::TE);
         }
     }
+}
+
+/// Whether any header is an `x-envoy-*` one. Most requests carry none: one pass over
+/// the names lets the router skip a lookup (hash and probe) per header it consumes.
+pub fn has_envoy_headers(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| k.as_str().starts_with("x-envoy-"))
 }
 
 /// Whether the request asks for an upgrade (HTTP/1.1 `Connection: upgrade` + `Upgrade`).

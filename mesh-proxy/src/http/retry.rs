@@ -92,6 +92,7 @@ impl std::fmt::Debug for RetryState<'_> {
 
 /// Removes the retry headers from the request (Envoy consumes them even when it does
 /// not retry), returning their values.
+#[derive(Default)]
 struct RetryHeaders {
     retry_on: Option<String>,
     grpc_on: Option<String>,
@@ -108,6 +109,9 @@ fn take(headers: &mut HeaderMap, name: &HeaderName) -> Option<String> {
 
 impl RetryHeaders {
     fn take(headers: &mut HeaderMap) -> Self {
+        if !super::request_headers::has_envoy_headers(headers) {
+            return RetryHeaders::default();
+        }
         let h = RetryHeaders {
             retry_on: take(headers, &X_ENVOY_RETRY_ON),
             grpc_on: take(headers, &X_ENVOY_RETRY_GRPC_ON),

@@ -166,16 +166,31 @@ struct ReqMeta {
 /// stream info and writes the access logs.
 struct Completion {
     cx: Arc<ConnCtx>,
-    info: StreamInfo,
+    /// Only with access logs (nothing else reads it).
+    info: Option<StreamInfo>,
     meta: Option<ReqMeta>,
     resp_headers: Option<HeaderMap>,
-    _guards: Vec<Guard>,
+    _held: Held,
+}
+
+/// What a request holds until its response stream ends: its circuit-breaker slot and
+/// the active-request counts (cluster, host), typed so that holding them allocates
+/// nothing; `other` takes the rare rest (a fault filter's active-fault slot).
+#[derive(Default)]
+pub(super) struct Held {
+    pub request_slot: Option<crate::upstream::CircuitBreakerGuard>,
+    pub cluster_active: Option<super::forward::ActiveRequest>,
+    pub host_active: Option<crate::upstream::HostRequestGuard>,
+    pub other: Vec<Guard>,
 }
 
 impl super::body::OnComplete for Completion {
     fn complete(mut self: Box<Self>, bytes_sent: u64, outcome: Outcome) {
-        self.info.bytes_sent = bytes_sent;
-        self.info.duration = Some(self.info.start.elapsed());
+        let (Some(info), Some(meta)) = (self.info.as_mut(), self.meta.as_ref()) else {
+            return;
+        };
+        info.bytes_sent = bytes_sent;
+        info.duration = Some(info.start.elapsed());
         let flag = match outcome {
             Outcome::Complete | Outcome::DurationTimeout => ResponseFlags::NONE,
             Outcome::UpstreamError => ResponseFlags::UPSTREAM_REMOTE_RESET,
@@ -183,19 +198,17 @@ impl super::body::OnComplete for Completion {
             Outcome::RouteTimeout => ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
             Outcome::DownstreamGone => ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
         };
-        self.info.response_flags.insert(flag);
-        if let Some(meta) = &self.meta {
-            let ctx = FormatCtx {
-                method: &meta.method,
-                uri: &meta.uri,
-                req_headers: &meta.headers,
-                resp_headers: self.resp_headers.as_ref(),
-                resp_trailers: None,
-                info: &self.info,
-            };
-            for log in &self.cx.hcm.access_log {
-                log.log(&ctx);
-            }
+        info.response_flags.insert(flag);
+        let ctx = FormatCtx {
+            method: &meta.method,
+            uri: &meta.uri,
+            req_headers: &meta.headers,
+            resp_headers: self.resp_headers.as_ref(),
+            resp_trailers: None,
+            info,
+        };
+        for log in &self.cx.hcm.access_log {
+            log.log(&ctx);
         }
     }
 }
@@ -215,7 +228,7 @@ pub async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<Re
         info,
         routed: None,
         grpc,
-        guards: Vec::new(),
+        held: Held::default(),
         encode: EncodeState::default(),
         stream_deadline: None,
         set_cookies: Vec::new(),
@@ -436,7 +449,7 @@ async fn run_filters(
                 }
                 let abort = f.abort(cfg, &parts.headers, &mut decision, &mut rand);
                 if let Some(active) = decision.active.take() {
-                    st.guards.push(Box::new(active));
+                    st.held.other.push(Box::new(active));
                 }
                 if let Some(a) = abort {
                     st.info.response_flags.insert(ResponseFlags::FAULT_INJECTED);
@@ -755,7 +768,7 @@ pub(super) struct State {
     pub info: StreamInfo,
     pub routed: Option<Routed>,
     pub grpc: bool,
-    pub guards: Vec<Guard>,
+    pub held: Held,
     /// What the filters add to the response.
     pub encode: EncodeState,
     /// The stream's maximum duration, if any.
@@ -806,7 +819,7 @@ impl State {
         if self.attempt_count_header && self.info.attempt_count > 0 {
             resp.headers_mut().insert(
                 &super::request_headers::X_ENVOY_ATTEMPT_COUNT,
-                HeaderValue::from(self.info.attempt_count),
+                super::forward::attempt_value(self.info.attempt_count),
             );
         }
         self.finish(parts, resp)
@@ -914,8 +927,8 @@ impl State {
                 headers: parts.headers.clone(),
             }),
             resp_headers: logging.then(|| resp.headers().clone()),
-            info: self.info.clone(),
-            _guards: std::mem::take(&mut self.guards),
+            info: logging.then(|| self.info.clone()),
+            _held: std::mem::take(&mut self.held),
         };
         let (rparts, body) = resp.into_parts();
         Response::from_parts(rparts, body.on_complete(Box::new(completion)))

@@ -121,24 +121,26 @@ pub fn final_timeout(
             _ => action.timeout,
         };
     }
-    let set_global = |v: Option<Duration>, t: &mut Timeouts| t.global = v.and_then(nonzero);
-    if respect_expected_rq_timeout
-        && let Some(v) = header_ms(headers, &X_ENVOY_EXPECTED_RQ_TIMEOUT_MS)
-    {
-        if v.is_some() {
-            set_global(v, &mut t);
+    if super::request_headers::has_envoy_headers(headers) {
+        let set_global = |v: Option<Duration>, t: &mut Timeouts| t.global = v.and_then(nonzero);
+        if respect_expected_rq_timeout
+            && let Some(v) = header_ms(headers, &X_ENVOY_EXPECTED_RQ_TIMEOUT_MS)
+        {
+            if v.is_some() {
+                set_global(v, &mut t);
+            }
+        } else if let Some(v) = header_ms(headers, &X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
+            if v.is_some() {
+                set_global(v, &mut t);
+            }
+            headers.remove(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS);
         }
-    } else if let Some(v) = header_ms(headers, &X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
-        if v.is_some() {
-            set_global(v, &mut t);
+        if let Some(v) = header_ms(headers, &X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
+            if let Some(v) = v {
+                t.per_try = nonzero(v);
+            }
+            headers.remove(&X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS);
         }
-        headers.remove(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS);
-    }
-    if let Some(v) = header_ms(headers, &X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
-        if let Some(v) = v {
-            t.per_try = nonzero(v);
-        }
-        headers.remove(&X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS);
     }
     if let (Some(p), Some(g)) = (t.per_try, t.global)
         && p >= g

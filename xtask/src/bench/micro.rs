@@ -13,8 +13,13 @@ use super::{Build, cargo, cargo_bench};
 
 /// Bench targets that are not criterion benches (they have their own harness and report
 /// section). A new non-criterion bench must be added here.
-/// (`http_resilience` runs in the smoke on its own, see `super::smoke`.)
-pub const NOT_CRITERION: [&str; 3] = ["control_plane", "data_plane", "http_resilience"];
+/// (`http_resilience` and `proxy_path` run in the smoke on their own, see `super::smoke`.)
+pub const NOT_CRITERION: [&str; 4] = [
+    "control_plane",
+    "data_plane",
+    "http_resilience",
+    "proxy_path",
+];
 
 /// A `[[bench]]` target.
 #[derive(Debug, Clone)]

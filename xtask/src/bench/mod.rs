@@ -113,6 +113,10 @@ pub fn smoke(root: &Path) -> Result<()> {
         None,
     )
     .context("bench smoke: http_resilience")?;
+    // Made for callgrind (instructions per request); here only: it must run.
+    let args = ["--requests", "200"].map(String::from);
+    cargo_bench(root, Build::Dev, "mesh-proxy", "proxy_path", &args, None)
+        .context("bench smoke: proxy_path")?;
     // The data plane needs root (namespaces, iptables); CI runs as root.
     if crate::is_root() {
         let data = data::run(root, Build::Dev, &dir, &["--quick".to_string()])?;
