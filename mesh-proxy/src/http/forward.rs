@@ -782,7 +782,7 @@ pub(super) fn build_upstream_request(
         host_value = Some(v);
     }
     if include_attempts {
-        headers.insert(&X_ENVOY_ATTEMPT_COUNT, attempt_value(attempt));
+        headers.insert(&X_ENVOY_ATTEMPT_COUNT, number_value(u64::from(attempt)));
     }
     let pq = parts
         .uri
@@ -816,19 +816,16 @@ pub(super) fn build_upstream_request(
     req
 }
 
-/// An attempt count as a header value; the common ones are static (no allocation).
-pub(super) fn attempt_value(attempt: u32) -> HeaderValue {
-    const SMALL: [HeaderValue; 6] = [
-        HeaderValue::from_static("0"),
-        HeaderValue::from_static("1"),
-        HeaderValue::from_static("2"),
-        HeaderValue::from_static("3"),
-        HeaderValue::from_static("4"),
-        HeaderValue::from_static("5"),
+/// A small number as a header value (attempt counts, upstream service times in ms):
+/// the common ones are static, so that most requests allocate no value for them.
+pub(super) fn number_value(n: u64) -> HeaderValue {
+    const SMALL: [&str; 32] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
     ];
-    match SMALL.get(attempt as usize) {
-        Some(v) => v.clone(),
-        None => HeaderValue::from(attempt),
+    match SMALL.get(n as usize) {
+        Some(v) => HeaderValue::from_static(v),
+        None => HeaderValue::from(n),
     }
 }
 
@@ -849,12 +846,13 @@ fn respond(
         let ms = started.elapsed().as_millis() as u64;
         rparts
             .headers
-            .insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms));
+            .insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, number_value(ms));
     }
     if vhost.include_attempt_count_in_response {
-        rparts
-            .headers
-            .insert(&X_ENVOY_ATTEMPT_COUNT, attempt_value(st.info.attempt_count));
+        rparts.headers.insert(
+            &X_ENVOY_ATTEMPT_COUNT,
+            number_value(u64::from(st.info.attempt_count)),
+        );
     }
     for c in st.set_cookies.drain(..) {
         rparts.headers.append(header::SET_COOKIE, c);
@@ -1153,6 +1151,13 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn number_values_are_the_decimal_form() {
+        for n in [0, 1, 9, 10, 31, 32, 100, 4_294_967_296] {
+            assert_eq!(number_value(n), HeaderValue::from(n), "{n}");
+        }
+    }
 
     #[test]
     fn previous_priorities_update_every_n_attempts() {

@@ -819,7 +819,7 @@ impl State {
         if self.attempt_count_header && self.info.attempt_count > 0 {
             resp.headers_mut().insert(
                 &super::request_headers::X_ENVOY_ATTEMPT_COUNT,
-                super::forward::attempt_value(self.info.attempt_count),
+                super::forward::number_value(u64::from(self.info.attempt_count)),
             );
         }
         self.finish(parts, resp)
