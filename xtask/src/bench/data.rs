@@ -5,14 +5,14 @@
 //! ratios, and the issue's targets checked against them.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::report::{Column, Section, Table};
-use super::{Build, cargo};
+use super::{Build, bench_executable, cargo};
 
 /// Proxy kinds in the bench's order; the first is the baseline.
 const KINDS: [&str; 5] = ["direct", "mesh-proxy", "envoy", "nginx", "haproxy"];
@@ -55,7 +55,7 @@ pub fn run(root: &Path, build: Build, out_dir: &Path, args: &[String]) -> Result
         envoy,
     ];
     bench_args.extend(args.iter().cloned());
-    let exe = build_bench(root, build)?;
+    let exe = bench_executable(root, build, "e2e", "data_plane")?;
     let command = format!("{} {}", exe.display(), bench_args.join(" "));
     eprintln!("==> {command}");
     // Run directly, not through `cargo bench`: cargo would hold the target directory's
@@ -93,33 +93,6 @@ pub fn run(root: &Path, build: Build, out_dir: &Path, args: &[String]) -> Result
     section.notes = notes(&raw);
     section.raw = raw;
     Ok(section)
-}
-
-/// Builds the bench (and the workspace binaries it starts) and returns its executable.
-fn build_bench(root: &Path, build: Build) -> Result<PathBuf> {
-    let mut cmd = cargo(root);
-    cmd.args(["bench", "-p", "e2e", "--bench", "data_plane", "--no-run"]);
-    cmd.args(["--message-format", "json-render-diagnostics"]);
-    if build == Build::Dev {
-        cmd.args(["--profile", "dev"]);
-    }
-    cmd.stderr(std::process::Stdio::inherit());
-    eprintln!("==> {cmd:?}");
-    let out = cmd.output().context("cannot run cargo bench --no-run")?;
-    if !out.status.success() {
-        bail!("building the data bench failed ({})", out.status);
-    }
-    executable(&String::from_utf8_lossy(&out.stdout))
-        .context("cargo reported no executable for the data_plane bench")
-}
-
-/// The `data_plane` executable from cargo's JSON messages.
-fn executable(messages: &str) -> Option<PathBuf> {
-    messages
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "data_plane")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
 /// Runs an install script (`tools/*.sh`), which prints the binary's path.
@@ -610,18 +583,6 @@ mod tests {
             ],
             "runs": runs,
         })
-    }
-
-    #[test]
-    fn bench_executable_from_cargo_messages() {
-        let msgs = r#"{"reason":"compiler-artifact","target":{"name":"e2e"},"executable":null}
-{"reason":"compiler-artifact","target":{"name":"data_plane"},"executable":"/t/release/deps/data_plane-1f"}
-{"reason":"build-finished","success":true}"#;
-        assert_eq!(
-            executable(msgs),
-            Some(PathBuf::from("/t/release/deps/data_plane-1f"))
-        );
-        assert_eq!(executable("{}"), None);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `cargo xtask bench <control|micro|smoke>`: the benchmarks and their report
+//! `cargo xtask bench <data|control|path|micro|smoke>`: the benchmarks and their report
 //! (`target/bench/report.md` + `report.json`; see [`report`]).
 //!
 //! Each bench is a cargo bench target run through `cargo bench`, so that it is built with
@@ -10,6 +10,7 @@
 pub mod control;
 pub mod data;
 pub mod micro;
+pub mod path;
 pub mod report;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,9 @@ pub enum BenchTask {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Instructions per HTTP/1.1 request in mesh-proxy, counted by callgrind (needs
+    /// valgrind): the noise-free figure to compare commits with.
+    Path,
     /// The criterion micro benches of every crate (route matching, header formatting,
     /// load-balancer pick, translation, push fan-out).
     Micro {
@@ -76,6 +80,7 @@ pub fn run(root: &Path, task: BenchTask) -> Result<()> {
             }
             data::run(root, Build::Release, &dir, &args)?
         }
+        BenchTask::Path => path::run(root, Build::Release, &dir)?,
         BenchTask::Micro { quick } => micro::run(root, Build::Release, quick, None)?,
         BenchTask::Smoke => return smoke(root),
     };
@@ -113,10 +118,14 @@ pub fn smoke(root: &Path) -> Result<()> {
         None,
     )
     .context("bench smoke: http_resilience")?;
-    // Made for callgrind (instructions per request); here only: it must run.
-    let args = ["--requests", "200"].map(String::from);
-    cargo_bench(root, Build::Dev, "mesh-proxy", "proxy_path", &args, None)
-        .context("bench smoke: proxy_path")?;
+    // Instructions per request: a few requests under callgrind (CI installs valgrind).
+    if path::valgrind_installed() {
+        let path = path::run(root, Build::Dev, &dir)?;
+        path.check_numbers().context("bench smoke: path")?;
+        report.put(path);
+    } else {
+        eprintln!("==> bench smoke: path skipped (valgrind is not installed)");
+    }
     // The data plane needs root (namespaces, iptables); CI runs as root.
     if crate::is_root() {
         let data = data::run(root, Build::Dev, &dir, &["--quick".to_string()])?;
@@ -128,6 +137,35 @@ pub fn smoke(root: &Path) -> Result<()> {
     let md = report.save(&dir)?;
     eprintln!("==> bench smoke passed: {}", md.display());
     Ok(())
+}
+
+/// Builds a bench target (and, for the bench profile, the workspace binaries it starts)
+/// and returns its executable, to run it without cargo in between (as root, under
+/// valgrind).
+pub fn bench_executable(root: &Path, build: Build, package: &str, bench: &str) -> Result<PathBuf> {
+    let mut cmd = cargo(root);
+    cmd.args(["bench", "-p", package, "--bench", bench, "--no-run"]);
+    cmd.args(["--message-format", "json-render-diagnostics"]);
+    if build == Build::Dev {
+        cmd.args(["--profile", "dev"]);
+    }
+    cmd.stderr(std::process::Stdio::inherit());
+    eprintln!("==> {cmd:?}");
+    let out = cmd.output().context("cannot run cargo bench --no-run")?;
+    if !out.status.success() {
+        bail!("building the {bench} bench failed ({})", out.status);
+    }
+    executable(&String::from_utf8_lossy(&out.stdout), bench)
+        .with_context(|| format!("cargo reported no executable for the {bench} bench"))
+}
+
+/// A bench target's executable from cargo's JSON messages.
+fn executable(messages: &str, bench: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bench)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
 /// `target/bench` (or under `$CARGO_TARGET_DIR`).
@@ -177,4 +215,21 @@ pub fn cargo_bench(
         bail!("{shown} failed ({status})");
     }
     Ok(shown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_executable_from_cargo_messages() {
+        let msgs = r#"{"reason":"compiler-artifact","target":{"name":"e2e"},"executable":null}
+{"reason":"compiler-artifact","target":{"name":"data_plane"},"executable":"/t/release/deps/data_plane-1f"}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            executable(msgs, "data_plane"),
+            Some(PathBuf::from("/t/release/deps/data_plane-1f"))
+        );
+        assert_eq!(executable("{}", "data_plane"), None);
+    }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Sections in this order first, then any other by key.
-const SECTION_ORDER: [&str; 3] = ["data", "control", "micro"];
+const SECTION_ORDER: [&str; 4] = ["data", "path", "control", "micro"];
 
 /// The machine a section was measured on.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
