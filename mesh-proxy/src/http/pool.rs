@@ -411,7 +411,8 @@ impl HostPool {
         loop {
             let (mut conn, reused) = match self.pop_idle(settings) {
                 Some(c) => (c, true),
-                None => match self.connect_or_reuse(connector, settings).await {
+                // Boxed, as the rest of this rare path: see send_h2.
+                None => match Box::pin(self.connect_or_reuse(connector, settings)).await {
                     Ok(Got::Reused(c)) => (c, true),
                     Ok(Got::New(c)) => (c, false),
                     Err(UpstreamError::Overflow) => {
@@ -429,7 +430,8 @@ impl HostPool {
                         } else {
                             // A connection closing (not returned) frees its slot a moment
                             // later: look again even without a notification.
-                            let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
+                            let wait = tokio::time::timeout(Duration::from_millis(20), notified);
+                            let _ = Box::pin(wait).await;
                             continue;
                         }
                     }
@@ -514,15 +516,18 @@ impl HostPool {
         Ok((sender, local))
     }
 
+    /// The pool's HTTP/2 connection, if it may take another stream.
+    fn usable_h2(&self, settings: &ConnectSettings) -> Option<H2Conn> {
+        let usable = |c: &&H2Conn| c.usable(settings, Instant::now());
+        self.h2.lock().as_ref().filter(usable).cloned()
+    }
+
     async fn h2_conn(
         &self,
         connector: &dyn Connector,
         settings: &ConnectSettings,
     ) -> Result<H2Conn, UpstreamError> {
         let usable = |c: &&H2Conn| c.usable(settings, Instant::now());
-        if let Some(c) = self.h2.lock().as_ref().filter(usable) {
-            return Ok(c.clone());
-        }
         let _connecting = self.h2_connecting.lock().await;
         if let Some(c) = self.h2.lock().as_ref().filter(usable) {
             return Ok(c.clone());
@@ -569,7 +574,12 @@ impl HostPool {
         settings: &ConnectSettings,
     ) -> Result<PoolResponse, UpstreamError> {
         for attempt in 0..2 {
-            let mut conn = self.h2_conn(connector, settings).await?;
+            let mut conn = match self.usable_h2(settings) {
+                Some(c) => c,
+                // Boxed: connecting is rare, and its state would otherwise size every
+                // request's future (which every async layer above copies).
+                None => Box::pin(self.h2_conn(connector, settings)).await?,
+            };
             if conn.sender.ready().await.is_err() {
                 self.forget_h2(&conn);
                 continue;
