@@ -23,14 +23,13 @@
 // memory figure); no product code is involved.
 #![allow(unsafe_code)]
 
+mod support;
+
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     convert::Infallible,
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
     time::Duration,
 };
 
@@ -44,11 +43,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use mesh_api::envoy_json::message_from_json;
-use mesh_proxy::{
-    Runtime,
-    config::{cluster::Cluster, http::HttpConnectionManager},
-    listener::ConnInfo,
-};
+use mesh_proxy::config::{cluster::Cluster, http::HttpConnectionManager};
 use serde_json::json;
 use tokio::{net::TcpListener, time::Instant};
 
@@ -137,23 +132,6 @@ fn proxy_config(upstream: SocketAddr) -> (HttpConnectionManager, Cluster) {
         HttpConnectionManager::try_from(&hcm).unwrap(),
         Cluster::try_from(&cluster).unwrap(),
     )
-}
-
-async fn serve_proxy(hcm: HttpConnectionManager, cluster: Cluster) -> SocketAddr {
-    let rt = Runtime::for_tests();
-    rt.clusters.add_or_update(cluster);
-    let hcm = Arc::new(hcm);
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, peer) = l.accept().await.unwrap();
-            let _ = s.set_nodelay(true);
-            let conn = ConnInfo::new("bench", s.local_addr().unwrap(), peer);
-            tokio::spawn(mesh_proxy::http::serve(s, conn, hcm.clone(), rt.clone()));
-        }
-    });
-    addr
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -298,7 +276,7 @@ fn main() {
     let proxy = servers.block_on(async {
         let up = upstream().await;
         let (hcm, cluster) = proxy_config(up);
-        serve_proxy(hcm, cluster).await
+        support::serve_proxy(hcm, cluster).await
     });
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -20,7 +20,9 @@
 //! Without valgrind it prints the wall time per request (a smoke check, not a figure).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+mod support;
+
+use std::{convert::Infallible, net::SocketAddr, time::Instant};
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::{
@@ -32,11 +34,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use mesh_api::envoy_json::message_from_json;
-use mesh_proxy::{
-    Runtime,
-    config::{cluster::Cluster, http::HttpConnectionManager},
-    listener::ConnInfo,
-};
+use mesh_proxy::config::{cluster::Cluster, http::HttpConnectionManager};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -106,23 +104,6 @@ fn proxy_config(upstream: SocketAddr) -> (HttpConnectionManager, Cluster) {
     )
 }
 
-async fn serve_proxy(hcm: HttpConnectionManager, cluster: Cluster) -> SocketAddr {
-    let rt = Runtime::for_tests();
-    rt.clusters.add_or_update(cluster);
-    let hcm = Arc::new(hcm);
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, peer) = l.accept().await.unwrap();
-            let _ = s.set_nodelay(true);
-            let conn = ConnInfo::new("bench", s.local_addr().unwrap(), peer);
-            tokio::spawn(mesh_proxy::http::serve(s, conn, hcm.clone(), rt.clone()));
-        }
-    });
-    addr
-}
-
 fn main() {
     let requests: u64 = std::env::args()
         .skip_while(|a| a != "--requests")
@@ -136,7 +117,7 @@ fn main() {
     rt.block_on(async {
         let up = upstream().await;
         let (hcm, cluster) = proxy_config(up);
-        let proxy = serve_proxy(hcm, cluster).await;
+        let proxy = support::serve_proxy(hcm, cluster).await;
         let s = tokio::net::TcpStream::connect(proxy).await.unwrap();
         s.set_nodelay(true).unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
