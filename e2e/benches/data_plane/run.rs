@@ -222,14 +222,31 @@ pub fn measure(plan: &Plan, pairs: &[Pair], workloads: &[Workload]) -> Result<Va
                 };
                 for pair in pairs.iter().filter(|p| p.workloads.contains(&w)) {
                     let cpu0 = proxies(pair).map(|(_, pid)| cpu(pid));
+                    let sched0 = proxies(pair).map(|(_, pid)| pid.and_then(procfs::sched));
                     let (generator, s) = plan.load(pair, w, mode, seconds)?;
                     let cpu1 = proxies(pair).map(|(_, pid)| cpu(pid));
+                    let sched1 = proxies(pair).map(|(_, pid)| pid.and_then(procfs::sched));
                     let used = |i: usize| match (cpu0[i], cpu1[i]) {
                         (Some(a), Some(b)) => json!(b - a),
                         _ => Value::Null,
                     };
+                    let sched = |i: usize| match (sched0[i], sched1[i]) {
+                        (Some(a), Some(b)) => {
+                            let d = b.since(a);
+                            json!({"cpu_s": d.cpu_s, "wait_s": d.wait_s, "slices": d.slices})
+                        }
+                        _ => Value::Null,
+                    };
+                    // Run-queue wait per request of both sidecars together, in µs.
+                    let wait_us = match (sched0, sched1) {
+                        ([Some(a), Some(b)], [Some(c), Some(d)]) if s.ok > 0 => format!(
+                            "{:.1}",
+                            (c.since(a).wait_s + d.since(b).wait_s) * 1e6 / s.ok as f64
+                        ),
+                        _ => "-".into(),
+                    };
                     eprintln!(
-                        "rep {rep} {:<5} {:<4} {:<18} {:>9.0} rps  p50 {:>7} ms  p99 {:>7} ms  errors {}",
+                        "rep {rep} {:<5} {:<4} {:<18} {:>9.0} rps  p50 {:>7} ms  p99 {:>7} ms  errors {}  wait {wait_us} us/req",
                         w.name(),
                         if mode == Mode::Fixed { "rate" } else { "max" },
                         pair.label(),
@@ -247,6 +264,8 @@ pub fn measure(plan: &Plan, pairs: &[Pair], workloads: &[Workload]) -> Result<Va
                         "summary": s,
                         "client_cpu_s": used(0),
                         "server_cpu_s": used(1),
+                        "client_sched": sched(0),
+                        "server_sched": sched(1),
                     }));
                 }
             }

@@ -184,6 +184,22 @@ fn cpu_per_k(raw: &Value, w: &str, kind: &str, side: &str) -> Option<f64> {
     )
 }
 
+/// Median over the fixed-rate runs of the time both sidecars of `kind` spent runnable
+/// but not running (the run queue's wait), in microseconds per successful request.
+fn wait_per_request(raw: &Value, w: &str, kind: &str) -> Option<f64> {
+    median(
+        runs(raw, w, kind, "fixed")
+            .iter()
+            .filter_map(|r| {
+                let ok = field(r, "ok")?;
+                let wait =
+                    r["client_sched"]["wait_s"].as_f64()? + r["server_sched"]["wait_s"].as_f64()?;
+                (ok > 0.0).then_some(wait * 1e6 / ok)
+            })
+            .collect(),
+    )
+}
+
 /// The pair of `kind` that carries `w`.
 fn pair<'a>(raw: &'a Value, w: &str, kind: &str) -> Option<&'a Value> {
     raw["pairs"].as_array()?.iter().find(|p| {
@@ -262,6 +278,7 @@ pub fn tables(raw: &Value) -> Vec<Table> {
             Column::number("client peak RSS", "MiB"),
             Column::number("server peak RSS", "MiB"),
             Column::number("idle CPU per sidecar", "ms/s"),
+            Column::number("pair run-queue wait per request", "µs"),
         ],
     );
     for &w in &workloads {
@@ -326,6 +343,7 @@ pub fn tables(raw: &Value) -> Vec<Table> {
                 mem("client", "peak_rss_mib"),
                 mem("server", "peak_rss_mib"),
                 num(idle_cpu),
+                num(wait_per_request(raw, w, k)),
             ]);
         }
     }
@@ -522,6 +540,8 @@ mod tests {
             "summary": {"ok": 10000, "errors": 0, "seconds": 10.0, "rps": rps,
                         "p50_ms": p50, "p90_ms": p50 * 2.0, "p99_ms": p50 * 3.0, "p999_ms": p50 * 4.0},
             "client_cpu_s": cpu, "server_cpu_s": cpu,
+            "client_sched": {"cpu_s": cpu, "wait_s": 0.02, "slices": 100},
+            "server_sched": {"cpu_s": cpu, "wait_s": 0.03, "slices": 100},
         })
     }
 
@@ -612,6 +632,8 @@ mod tests {
         assert_eq!(cost[2], json!(0.05));
         assert!((cost[4].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
         assert_eq!(t[2].rows[1][4], json!(1.0));
+        // Run-queue wait: 0.05 s over 10,000 requests = 5 µs each.
+        assert!((cost[10].as_f64().unwrap() - 5.0).abs() < 1e-9, "{cost:?}");
         // Targets: p50 0.2 < 0.25 met; p99 0.6 < 1 met; below Envoy's; CPU met; RSS met;
         // throughput 75% met.
         let verdicts: Vec<(&str, &str)> = t[3]
