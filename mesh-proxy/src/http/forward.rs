@@ -146,7 +146,6 @@ pub(super) async fn forward(
 
     // Request header mutations (computed against the request as received), then host
     // and path rewrites, as Envoy's finalizeRequestHeaders.
-    let original_pq = pq_of(&parts);
     if let Some(routed) = &st.routed {
         let levels = routed.levels(false);
         if levels.iter().flatten().any(|m| m.needs_context()) {
@@ -173,7 +172,6 @@ pub(super) async fn forward(
         .as_ref()
         .and_then(|r| r.weighted())
         .and_then(|w| w.host_rewrite.clone());
-    let old_host = authority(&parts.uri, &parts.headers).map(str::to_string);
     let new_host = match (&weighted_host, &action.host_rewrite) {
         (Some(h), _) => Some(h.clone()),
         (None, Some(HostRewrite::Literal(h))) => Some(h.clone()),
@@ -186,6 +184,7 @@ pub(super) async fn forward(
         (None, Some(HostRewrite::Auto)) | (None, None) => None,
     };
     if let Some(h) = &new_host {
+        let old_host = authority(&parts.uri, &parts.headers).map(str::to_string);
         set_host(&mut parts, h);
         if action.append_x_forwarded_host
             && let Some(old) = old_host
@@ -221,7 +220,8 @@ pub(super) async fn forward(
             format!("/{p}")
         };
         if let Ok(pq) = PathAndQuery::try_from(p) {
-            if !suppress && let Ok(v) = HeaderValue::from_str(&original_pq) {
+            // The path as received: mutations and the host rewrite leave it alone.
+            if !suppress && let Ok(v) = HeaderValue::from_str(&pq_of(&parts)) {
                 parts.headers.insert(&X_ENVOY_ORIGINAL_PATH, v);
             }
             set_path(&mut parts, pq);

@@ -245,41 +245,43 @@ async fn pipeline(
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ResponseBody> {
     let cx = st.cx.clone();
-    // Path checks and normalization.
-    let Some(pq) = parts.uri.path_and_query().map(|p| p.as_str().to_string()) else {
-        return st.local(
-            &parts,
-            StatusCode::BAD_REQUEST,
-            "",
-            "missing_path",
-            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
-        );
-    };
-    if !pq.starts_with('/') && parts.method != Method::OPTIONS {
-        return st.local(
-            &parts,
-            StatusCode::NOT_FOUND,
-            "",
-            "invalid_path",
-            ResponseFlags::NO_ROUTE_FOUND,
-        );
-    }
-    match super::path::normalize(&pq, &cx.hcm) {
-        Ok(std::borrow::Cow::Owned(n)) => {
-            if let Ok(p) = PathAndQuery::try_from(n) {
-                set_path(&mut parts, p);
-            }
-        }
-        Ok(_) => {}
-        Err(_) => {
+    // Path checks and normalization, on the path as received (borrowed: most paths need
+    // no change and are not copied).
+    let normalized = {
+        let Some(pq) = parts.uri.path_and_query().map(PathAndQuery::as_str) else {
             return st.local(
                 &parts,
                 StatusCode::BAD_REQUEST,
                 "",
-                "path_normalization_failed",
-                ResponseFlags::NONE,
+                "missing_path",
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            );
+        };
+        if !pq.starts_with('/') && parts.method != Method::OPTIONS {
+            return st.local(
+                &parts,
+                StatusCode::NOT_FOUND,
+                "",
+                "invalid_path",
+                ResponseFlags::NO_ROUTE_FOUND,
             );
         }
+        match super::path::normalize(pq, &cx.hcm) {
+            Ok(std::borrow::Cow::Owned(n)) => Some(n),
+            Ok(_) => None,
+            Err(_) => {
+                return st.local(
+                    &parts,
+                    StatusCode::BAD_REQUEST,
+                    "",
+                    "path_normalization_failed",
+                    ResponseFlags::NONE,
+                );
+            }
+        }
+    };
+    if let Some(p) = normalized.and_then(|n| PathAndQuery::try_from(n).ok()) {
+        set_path(&mut parts, p);
     }
 
     let mutated = rh::mutate_request_headers(

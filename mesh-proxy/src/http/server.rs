@@ -118,7 +118,8 @@ where
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = check.tick(), if !closing => {
+            // Polled only when its timer fires, not on every wakeup of the connection.
+            _ = crate::drain::woken_only(check.tick()), if !closing => {
                 let total = activity.total.load(Ordering::Relaxed);
                 let idle_now = activity.active.load(Ordering::Relaxed) == 0 && total == seen;
                 let over_requests = max_requests.is_some_and(|m| total >= m);
