@@ -934,3 +934,42 @@ async fn upstream_connections_honour_max_requests_and_idle_timeout() {
     let slow = peers(&p, 2, Duration::from_millis(600)).await;
     assert_ne!(slow[0], slow[1], "closed after 0.2 s idle");
 }
+
+/// The downstream connection's idle timeout closes a keep-alive connection that served
+/// a request and then went quiet, and leaves a busy one open.
+#[tokio::test]
+async fn downstream_idle_timeout_closes_a_quiet_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream("a").await;
+    let mut hcm = hcm_with(
+        rc(json!({"match": {"prefix": "/"}, "route": {"cluster": "c"}})),
+        vec![],
+        None,
+    );
+    hcm["common_http_protocol_options"] = json!({"idle_timeout": "0.3s"});
+    let p = proxy(hcm, &[cluster_json("c", &[up.addr], false)]).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    // Busy for longer than the idle timeout: one request every 100 ms.
+    for _ in 0..6 {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n")
+            .await
+            .unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() > Duration::from_millis(500));
+    // Quiet: the proxy closes the connection.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle connection stayed open");
+}

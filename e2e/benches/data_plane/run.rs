@@ -230,19 +230,19 @@ pub fn measure(plan: &Plan, pairs: &[Pair], workloads: &[Workload]) -> Result<Va
                         (Some(a), Some(b)) => json!(b - a),
                         _ => Value::Null,
                     };
-                    let sched = |i: usize| match (sched0[i], sched1[i]) {
-                        (Some(a), Some(b)) => {
-                            let d = b.since(a);
+                    let sched: [Option<procfs::Sched>; 2] =
+                        std::array::from_fn(|i| Some(sched1[i]?.since(sched0[i]?)));
+                    let sched_json = |i: usize| match sched[i] {
+                        Some(d) => {
                             json!({"cpu_s": d.cpu_s, "wait_s": d.wait_s, "slices": d.slices})
                         }
-                        _ => Value::Null,
+                        None => Value::Null,
                     };
                     // Run-queue wait per request of both sidecars together, in µs.
-                    let wait_us = match (sched0, sched1) {
-                        ([Some(a), Some(b)], [Some(c), Some(d)]) if s.ok > 0 => format!(
-                            "{:.1}",
-                            (c.since(a).wait_s + d.since(b).wait_s) * 1e6 / s.ok as f64
-                        ),
+                    let wait_us = match sched {
+                        [Some(c), Some(d)] if s.ok > 0 => {
+                            format!("{:.1}", (c.wait_s + d.wait_s) * 1e6 / s.ok as f64)
+                        }
                         _ => "-".into(),
                     };
                     eprintln!(
@@ -264,8 +264,8 @@ pub fn measure(plan: &Plan, pairs: &[Pair], workloads: &[Workload]) -> Result<Va
                         "summary": s,
                         "client_cpu_s": used(0),
                         "server_cpu_s": used(1),
-                        "client_sched": sched(0),
-                        "server_sched": sched(1),
+                        "client_sched": sched_json(0),
+                        "server_sched": sched_json(1),
                     }));
                 }
             }

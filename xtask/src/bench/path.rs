@@ -321,6 +321,22 @@ Ir                  file:function
     }
 
     #[test]
+    fn counts_subtract_per_function() {
+        let count = |total, fs: &[(&str, i64)]| Count {
+            total,
+            functions: fs.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+        };
+        let through = count(100, &[("memcpy", 40), ("proxy", 30)]);
+        let direct = count(60, &[("memcpy", 25), ("client", 5)]);
+        let d = through.minus(&direct);
+        assert_eq!(d.total, 40);
+        assert_eq!(d.functions["memcpy"], 15);
+        assert_eq!(d.functions["proxy"], 30);
+        // A function only the baseline runs counts against the difference.
+        assert_eq!(d.functions["client"], -5);
+    }
+
+    #[test]
     fn a_listing_without_totals_is_an_error() {
         assert!(parse_annotate("Ir file:function\n").is_err());
     }
